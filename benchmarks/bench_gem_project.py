@@ -1,0 +1,138 @@
+"""Benchmark of l2kd.ops.gem_project against the original GEM step's approach.
+
+Baseline ("original"): what LAMOL/L2KD's GEM step does: ``torch.mm`` of the current gradient
+with the memories on the current device (fp32), and when a dot is negative, project2cone2:
+copy the memories and gradient to CPU float64 numpy, ``M M^T``, ``quadprog.solve_qp`` (or,
+without quadprog, the package's exact active-set solve on the same fp64 matrices; the table
+says which), then ``M^T v + g`` in numpy and back to a float32 tensor.
+
+Fused: ``gem_project`` (one fp64 Gram pass, exact small solve, one update pass).
+
+Floor: bytes that must move / CPU_BANDWIDTH_GBPS: violated ``(2t+2) P * 4`` (read G, g twice,
+write out once), not violated ``(t+1) P * 4`` (read G and g once; the fused op's copy of g is
+extra, the original returns the gradient untouched).
+
+Run from the repo root: ``python benchmarks/bench_gem_project.py [--quick]``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tracemalloc
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import CPU_BANDWIDTH_GBPS, peak_extra_memory_mb, print_table, sync, time_fn, write_results  # noqa: E402
+
+from l2kd.ops import backend  # noqa: E402
+from l2kd.ops.gem_project import gem_dual_solve_ref, gem_project  # noqa: E402
+
+try:
+    import quadprog  # type: ignore
+
+    SOLVER = "quadprog"
+except ImportError:  # pragma: no cover - depends on the environment
+    quadprog = None
+    SOLVER = "numpy-active-set"
+
+
+def original_step(grad: torch.Tensor, mem: torch.Tensor, margin: float = 0.5, eps: float = 1e-3) -> torch.Tensor:
+    """The original GEM step's projection (returns the projected gradient, or grad itself)."""
+    dotp = torch.mm(grad.unsqueeze(0), mem.t())
+    if (dotp < 0).sum() == 0:
+        return grad
+    memories_np = mem.cpu().double().numpy()
+    gradient_np = grad.cpu().contiguous().view(-1).double().numpy()
+    t = memories_np.shape[0]
+    P = np.dot(memories_np, memories_np.transpose())
+    P = 0.5 * (P + P.transpose()) + np.eye(t) * eps
+    q = np.dot(memories_np, gradient_np) * -1
+    if quadprog is not None:
+        v = quadprog.solve_qp(P, q, np.eye(t), np.zeros(t) + margin)[0]
+    else:
+        v = gem_dual_solve_ref(torch.from_numpy(P), torch.from_numpy(-q), margin).numpy()
+    x = np.dot(v, memories_np) + gradient_np
+    return torch.from_numpy(x).to(grad.dtype).to(grad.device)
+
+
+def make_case(t: int, P: int, violated: bool, device: torch.device):
+    gen = torch.Generator().manual_seed(t * 7 + P)
+    mem = torch.randn(t, P, generator=gen)
+    if violated:
+        grad = torch.randn(P, generator=gen) - 0.5 * mem.sum(0)
+    else:
+        mem = mem.abs_()
+        grad = torch.rand(P, generator=gen)
+    return grad.to(device), mem.to(device)
+
+
+def peak_mb(fn, device) -> float:
+    """Torch allocator peak (profiler) plus numpy's peak (tracemalloc), MB."""
+    tracemalloc.start()
+    try:
+        torch_peak = peak_extra_memory_mb(fn, device)
+        np_peak = tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+    return torch_peak + np_peak
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="P = 1M only, fewer repetitions")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    sizes = [1_000_000] if args.quick else [1_000_000, 20_000_000]
+    ts = [1, 4] if args.quick else [1, 4, 8]
+    reps = 3 if args.quick else 7
+    print(f"gem_project benchmark: device={device} backend={backend()} baseline solver={SOLVER} "
+          f"threads={torch.get_num_threads()} bandwidth={CPU_BANDWIDTH_GBPS} GB/s")
+    records = []
+    for P in sizes:
+        for t in ts:
+            for violated in (True, False):
+                grad, mem = make_case(t, P, violated, device)
+                ref = original_step(grad, mem)
+                out = gem_project(grad, mem)
+                err = float((out.double() - ref.double()).abs().max() / ref.double().abs().max())
+                assert err < 1e-5, f"fused and original disagree: rel err {err:.2e} (P={P}, t={t})"
+                base = time_fn(lambda: original_step(grad, mem), device, warmup=1, reps=reps)
+                fused = time_fn(lambda: gem_project(grad, mem), device, warmup=1, reps=reps)
+                floor_bytes = (2 * t + 2 if violated else t + 1) * P * 4
+                floor_ms = floor_bytes / (CPU_BANDWIDTH_GBPS * 1e9) * 1e3
+                rec = {
+                    "P": P,
+                    "t": t,
+                    "case": "violated" if violated else "ok",
+                    "orig_ms": base["median_ms"],
+                    "fused_ms": fused["median_ms"],
+                    "fused_p20": fused["p20_ms"],
+                    "fused_p80": fused["p80_ms"],
+                    "orig_p20": base["p20_ms"],
+                    "orig_p80": base["p80_ms"],
+                    "speedup": base["median_ms"] / fused["median_ms"],
+                    "floor_ms": floor_ms,
+                    "fused/floor": fused["median_ms"] / floor_ms,
+                    "orig_MB": peak_mb(lambda: original_step(grad, mem), device),
+                    "fused_MB": peak_mb(lambda: gem_project(grad, mem), device),
+                    "rel_err": err,
+                }
+                records.append(rec)
+                sync(device)
+                del grad, mem, ref, out
+    print_table(records, ["P", "t", "case", "orig_ms", "orig_p20", "orig_p80", "fused_ms", "fused_p20", "fused_p80",
+                          "speedup", "floor_ms", "fused/floor", "orig_MB", "fused_MB"])
+    path = write_results("gem_project", device, records,
+                         {"quick": args.quick, "baseline_solver": SOLVER, "margin": 0.5, "eps": 1e-3,
+                          "dtype": "float32", "bandwidth_gbps": CPU_BANDWIDTH_GBPS})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Shared helpers for the benchmarks: timing, peak memory, environment record, JSON output.
+
+Every benchmark compares the fused op against the eager reference in the same process,
+prints one fixed-width table and writes ``benchmarks/results/<op>-<device>-<date>.json``.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import time
+import tracemalloc
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+# Measured on the 2-core development machine (DESIGN.md / issue 5): ~14 GB/s DRAM bandwidth.
+CPU_BANDWIDTH_GBPS = float(os.environ.get("L2KD_BENCH_BANDWIDTH_GBPS", "14"))
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued work on ``device`` (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable[[], object], device: torch.device, warmup: int = 2, reps: int = 7) -> Dict[str, float]:
+    """Median, p20 and p80 wall time in milliseconds of ``fn()`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times: List[float] = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    q = lambda f: times[min(len(times) - 1, int(round(f * (len(times) - 1))))]  # noqa: E731
+    return {"median_ms": q(0.5), "p20_ms": q(0.2), "p80_ms": q(0.8)}
+
+
+def peak_extra_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak memory allocated during ``fn()`` beyond what was live before, in MB.
+
+    CUDA: ``torch.cuda.max_memory_allocated``. CPU: the peak of the CPU allocator's
+    profile (torch's CPU allocations are visible to ``torch.profiler`` memory stats only
+    coarsely, so this uses the profiler's self CPU memory of the call).
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # Walk allocation events in order and track the running total to get the peak.
+    events = sorted(
+        (e for e in prof.events() if getattr(e, "cpu_memory_usage", 0)),
+        key=lambda e: e.time_range.start,
+    )
+    live = peak = 0
+    for e in events:
+        live += e.cpu_memory_usage  # positive for alloc, negative for free (self events)
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def environment(device: torch.device) -> Dict[str, object]:
+    """Device, versions, commit: recorded with every result file."""
+    try:
+        commit = subprocess.check_output(["git", "rev-parse", "HEAD"], stderr=subprocess.DEVNULL, text=True).strip()
+    except Exception:
+        commit = "unknown"
+    info: Dict[str, object] = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "commit": commit,
+        "python": platform.python_version(),
+    }
+    try:
+        from l2kd.ops import backend
+
+        info["l2kd_backend"] = backend()
+    except Exception:
+        info["l2kd_backend"] = "unavailable"
+    return info
+
+
+def print_table(rows: Sequence[Dict[str, object]], columns: Sequence[str]) -> None:
+    """Print ``rows`` as one fixed-width table with the given column order."""
+    def fmt(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:.3f}" if abs(v) < 1000 else f"{v:.1f}"
+        return str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+    print("  ".join("-" * w for w in widths))
+    for row in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
+
+
+def write_results(op: str, device: torch.device, records: List[Dict[str, object]], config: Dict[str, object],
+                  out_dir: Optional[str] = None) -> str:
+    """Write one JSON file per run and return its path."""
+    out_dir = out_dir or RESULTS_DIR
+    os.makedirs(out_dir, exist_ok=True)
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = os.path.join(out_dir, f"{op}-{device.type}-{stamp}.json")
+    payload = {"op": op, "environment": environment(device), "config": config, "records": records}
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,237 @@
+// l2kd::gem_project: GEM's gradient projection (schema, input checks, CPU kernel).
+//
+// out = g + G^T v*,  v* = argmin_{v >= margin} 1/2 v^T (G G^T + eps I) v + (G g)^T v,
+// or a copy of g when every (G g)_i >= 0. See gem_project_math.h for the solve and
+// l2kd/ops/gem_project.py for the derivation from the original's quadprog call.
+//
+// CPU: pass 1 reads G and g once and forms the packed upper triangle of the augmented Gram
+// [G; g][G; g]^T in fp64 (the product of two fp32 values is exact in fp64), over fixed-size
+// column blocks whose partials are summed in block order, so the result does not depend on
+// the thread count. The small t x t solve runs on one thread. Pass 2 reads G and g once more
+// and writes out = g + G^T v in fp64, rounded to grad's dtype.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#if defined(L2KD_AVX2) && L2KD_AVX2
+#include <immintrin.h>
+#endif
+
+#include "gem_project/gem_project_math.h"
+
+namespace l2kd {
+namespace gem {
+
+void check_inputs(const at::Tensor& grad, const at::Tensor& memory_grads, double margin, double eps) {
+  TORCH_CHECK(grad.dim() == 1, "gem_project: grad must be a flat 1-D tensor [P], got shape ", grad.sizes());
+  TORCH_CHECK(memory_grads.dim() == 2, "gem_project: memory_grads must be 2-D [t, P], got shape ",
+              memory_grads.sizes());
+  TORCH_CHECK(memory_grads.size(1) == grad.size(0), "gem_project: memory_grads.size(1) (",
+              memory_grads.size(1), ") must equal grad.size(0) (", grad.size(0), ")");
+  TORCH_CHECK(memory_grads.size(0) <= kMaxT, "gem_project: at most ", kMaxT,
+              " memories are supported, got memory_grads.size(0) = ", memory_grads.size(0));
+  TORCH_CHECK(grad.device() == memory_grads.device(), "gem_project: grad (", grad.device(),
+              ") and memory_grads (", memory_grads.device(), ") must be on the same device");
+  TORCH_CHECK(grad.scalar_type() == memory_grads.scalar_type(), "gem_project: grad (", grad.scalar_type(),
+              ") and memory_grads (", memory_grads.scalar_type(), ") must have the same dtype");
+  const auto st = grad.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kHalf || st == at::kBFloat16 || st == at::kDouble,
+              "gem_project: grad must be float32, float16, bfloat16 or float64, got ", st);
+  TORCH_CHECK(std::isfinite(margin), "gem_project: margin must be finite, got ", margin);
+  TORCH_CHECK(std::isfinite(eps) && eps >= 0.0, "gem_project: eps must be finite and >= 0, got ", eps);
+}
+
+// Turn a non-success status of the small step into an error; returns true when out must be
+// g + G^T v (false: out is a copy of g).
+bool handle_status(int status, double eps) {
+  TORCH_CHECK(status != kStatusMemoryNonFinite,
+              "gem_project: memory_grads contains non-finite values (inf or nan)");
+  TORCH_CHECK(status != kStatusSolveFailed, "gem_project: the dual QP matrix G G^T + eps*I is not positive ",
+              "definite (eps = ", eps, "); use eps > 0 (the original uses 1e-3)");
+  TORCH_CHECK(status != kStatusNoConvergence,
+              "gem_project: the active-set solve did not terminate (round-off cycling); "
+              "try a larger eps");
+  return status == kStatusViolated;
+}
+
+namespace {
+
+constexpr int64_t kBlock = 65536;  // columns per deterministic partial
+
+template <typename T>
+inline double to_d(T x) {
+  return static_cast<double>(static_cast<float>(x));
+}
+template <>
+inline double to_d<double>(double x) {
+  return x;
+}
+
+template <typename T>
+inline T from_d(double x) {
+  return static_cast<T>(static_cast<float>(x));
+}
+template <>
+inline double from_d<double>(double x) {
+  return x;
+}
+
+// s = {a0.b0, a0.b1, a1.b0, a1.b1} over m8 (a multiple of 8) doubles.
+inline void tile2x2(const double* a0, const double* a1, const double* b0, const double* b1, int64_t m8,
+                    double* s) {
+#if defined(L2KD_AVX2) && L2KD_AVX2
+  __m256d c00 = _mm256_setzero_pd(), c01 = _mm256_setzero_pd(), c10 = _mm256_setzero_pd(),
+          c11 = _mm256_setzero_pd();
+  __m256d d00 = _mm256_setzero_pd(), d01 = _mm256_setzero_pd(), d10 = _mm256_setzero_pd(),
+          d11 = _mm256_setzero_pd();
+  for (int64_t k = 0; k < m8; k += 8) {
+    __m256d x0 = _mm256_loadu_pd(a0 + k), x1 = _mm256_loadu_pd(a1 + k);
+    __m256d y0 = _mm256_loadu_pd(b0 + k), y1 = _mm256_loadu_pd(b1 + k);
+    c00 = _mm256_fmadd_pd(x0, y0, c00);
+    c01 = _mm256_fmadd_pd(x0, y1, c01);
+    c10 = _mm256_fmadd_pd(x1, y0, c10);
+    c11 = _mm256_fmadd_pd(x1, y1, c11);
+    x0 = _mm256_loadu_pd(a0 + k + 4);
+    x1 = _mm256_loadu_pd(a1 + k + 4);
+    y0 = _mm256_loadu_pd(b0 + k + 4);
+    y1 = _mm256_loadu_pd(b1 + k + 4);
+    d00 = _mm256_fmadd_pd(x0, y0, d00);
+    d01 = _mm256_fmadd_pd(x0, y1, d01);
+    d10 = _mm256_fmadd_pd(x1, y0, d10);
+    d11 = _mm256_fmadd_pd(x1, y1, d11);
+  }
+  __m256d r[4] = {_mm256_add_pd(c00, d00), _mm256_add_pd(c01, d01), _mm256_add_pd(c10, d10),
+                  _mm256_add_pd(c11, d11)};
+  for (int q = 0; q < 4; ++q) {
+    alignas(32) double tmp[4];
+    _mm256_store_pd(tmp, r[q]);
+    s[q] = (tmp[0] + tmp[1]) + (tmp[2] + tmp[3]);
+  }
+#else
+  double c00 = 0, c01 = 0, c10 = 0, c11 = 0;
+  for (int64_t k = 0; k < m8; ++k) {
+    c00 += a0[k] * b0[k];
+    c01 += a0[k] * b1[k];
+    c10 += a1[k] * b0[k];
+    c11 += a1[k] * b1[k];
+  }
+  s[0] = c00;
+  s[1] = c01;
+  s[2] = c10;
+  s[3] = c11;
+#endif
+}
+
+// Packed augmented Gram of columns [begin, end) into out (packed_size(t + 1) doubles).
+// buf: npad * C doubles, its rows >= n zero.
+template <typename T>
+void gram_block(const T* G, const T* g, int t, int64_t P, int64_t begin, int64_t end, double* buf, int64_t C,
+                double* out) {
+  const int n = t + 1;
+  const int npad = n + (n & 1);
+  const int np = packed_size(n);
+  for (int q = 0; q < np; ++q) out[q] = 0.0;
+  for (int64_t c0 = begin; c0 < end; c0 += C) {
+    const int64_t m = std::min(C, end - c0);
+    const int64_t m8 = (m + 7) / 8 * 8;
+    for (int r = 0; r < n; ++r) {
+      const T* src = (r < t ? G + static_cast<int64_t>(r) * P : g) + c0;
+      double* dst = buf + r * C;
+      for (int64_t k = 0; k < m; ++k) dst[k] = to_d(src[k]);
+      for (int64_t k = m; k < m8; ++k) dst[k] = 0.0;
+    }
+    for (int I = 0; I < npad / 2; ++I) {
+      for (int J = I; J < npad / 2; ++J) {
+        double s[4];
+        tile2x2(buf + (2 * I) * C, buf + (2 * I + 1) * C, buf + (2 * J) * C, buf + (2 * J + 1) * C, m8, s);
+        const int i0 = 2 * I, i1 = 2 * I + 1, j0 = 2 * J, j1 = 2 * J + 1;
+        if (j0 < n && i0 <= j0) out[packed_index(i0, j0, n)] += s[0];
+        if (j1 < n) out[packed_index(i0, j1, n)] += s[1];
+        if (j0 < n && i1 <= j0) out[packed_index(i1, j0, n)] += s[2];
+        if (j1 < n && i1 < n) out[packed_index(i1, j1, n)] += s[3];
+      }
+    }
+  }
+}
+
+template <typename T>
+void gram_cpu(const T* G, const T* g, int t, int64_t P, double* gram) {
+  const int n = t + 1;
+  const int npad = n + (n & 1);
+  const int np = packed_size(n);
+  const int64_t nblocks = (P + kBlock - 1) / kBlock;
+  const int64_t C = std::max<int64_t>(64, std::min<int64_t>(512, (4096 / npad) / 8 * 8));
+  std::vector<double> partial(static_cast<size_t>(std::max<int64_t>(nblocks, 1) * np), 0.0);
+  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<double> buf(static_cast<size_t>(npad * C), 0.0);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t begin = b * kBlock, end = std::min(P, begin + kBlock);
+      gram_block<T>(G, g, t, P, begin, end, buf.data(), C, partial.data() + b * np);
+    }
+  });
+  for (int q = 0; q < np; ++q) gram[q] = 0.0;
+  for (int64_t b = 0; b < nblocks; ++b)
+    for (int q = 0; q < np; ++q) gram[q] += partial[b * np + q];
+}
+
+template <typename T>
+void update_cpu(const T* G, const T* g, const double* v, int t, int64_t P, T* out) {
+  constexpr int64_t kChunk = 1024;
+  at::parallel_for(0, P, 16384, [&](int64_t begin, int64_t end) {
+    double acc[kChunk];
+    for (int64_t c0 = begin; c0 < end; c0 += kChunk) {
+      const int64_t m = std::min(kChunk, end - c0);
+      for (int64_t k = 0; k < m; ++k) acc[k] = to_d(g[c0 + k]);
+      for (int i = 0; i < t; ++i) {
+        const double vi = v[i];
+        const T* row = G + static_cast<int64_t>(i) * P + c0;
+        for (int64_t k = 0; k < m; ++k) acc[k] += vi * to_d(row[k]);
+      }
+      for (int64_t k = 0; k < m; ++k) out[c0 + k] = from_d<T>(acc[k]);
+    }
+  });
+}
+
+at::Tensor gem_project_cpu(const at::Tensor& grad, const at::Tensor& memory_grads, double margin, double eps) {
+  check_inputs(grad, memory_grads, margin, eps);
+  TORCH_CHECK(grad.device().is_cpu(), "gem_project: CPU kernel called with grad on ", grad.device());
+  const at::Tensor g = grad.contiguous();
+  const at::Tensor G = memory_grads.contiguous();
+  const int t = static_cast<int>(G.size(0));
+  const int64_t P = g.size(0);
+  at::Tensor out = at::empty_like(g, at::MemoryFormat::Contiguous);
+  if (t == 0 || P == 0) {
+    out.copy_(g);
+    return out;
+  }
+  const int n = t + 1;
+  std::vector<double> gram(static_cast<size_t>(packed_size(n)));
+  std::vector<double> A(static_cast<size_t>(t * t)), c(t), v(t), ws(static_cast<size_t>(solve_workspace_size(t)));
+  bool project = false;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "gem_project_cpu", [&] {
+    gram_cpu<scalar_t>(G.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(), t, P, gram.data());
+    const int status = gem_small_step(t, gram.data(), margin, eps, A.data(), c.data(), v.data(), ws.data());
+    project = handle_status(status, eps);
+    if (project) {
+      update_cpu<scalar_t>(G.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(), v.data(), t, P,
+                           out.mutable_data_ptr<scalar_t>());
+    }
+  });
+  if (!project) out.copy_(g);
+  return out;
+}
+
+}  // namespace
+}  // namespace gem
+}  // namespace l2kd
+
+TORCH_LIBRARY_FRAGMENT(l2kd, m) {
+  m.def("gem_project(Tensor grad, Tensor memory_grads, float margin, float eps) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(l2kd, CPU, m) { m.impl("gem_project", &l2kd::gem::gem_project_cpu); }

@@ -1,0 +1,162 @@
+"""LAMOL's QA format: token layout, truncation, batching tensors and pseudo-sample parsing.
+
+For context ids ``c``, question ids ``q`` and answer ids ``a`` (ORIGINAL.md 3, K:utils.py:371-386):
+
+* test prompt      ``cq   = c + [sep] + q + [ans]``  (``[sep]`` only with ``--use_sep``)
+* QA input/target  ``cqa  = cq + a``;  ``Y = [-1]*(len(cq)-1) + a + [eos]``
+* LM input/target  ``[gen] + cqa``;    ``cqa + [eos]``  (LM loss on every position)
+
+Several gold answers are joined by ``__pad__`` when used as a training target. Padding is on
+the right with ``__pad__`` (inputs) and -1 (targets); GPT-2 is causal, so no attention mask
+is needed for training.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+import torch
+
+from l2kd.tokenizer import SpecialIds
+
+IGNORE = -1
+
+
+@dataclass
+class Encoded:
+    """One example in ids. ``cq`` already ends with ``__ans__``."""
+
+    cq: List[int]
+    answer: List[int]
+    gen_id: int
+    task: str
+    golds: List[str] = field(default_factory=list)  # gold answer strings (evaluation)
+    qa_id: str = ""
+    is_pseudo: bool = False
+    truncated: bool = False
+
+    @property
+    def lm_length(self) -> int:
+        """Length of the LM input ``[gen] + cq + a`` (the longest of the two inputs)."""
+        return 1 + len(self.cq) + len(self.answer)
+
+
+def encode_example(tok, ids: SpecialIds, context: str, question: str, answers: Sequence[str], task: str,
+                   max_len: int, qa_id: str = "", is_pseudo: bool = False) -> Encoded:
+    """Tokenize one example in LAMOL's layout, truncating the context (then the answer) so the
+    LM input ``[gen] + cq + a`` and its target fit ``max_len`` tokens."""
+    c = tok.encode(context) if context else []
+    q = tok.encode(question) if question else []
+    a: List[int] = []
+    for i, text in enumerate(answers):
+        if i:
+            a.append(ids.pad)
+        a.extend(tok.encode(text))
+    sep = [ids.sep] if ids.sep >= 0 else []
+    return assemble(c, sep + q, a, ids, task, max_len, golds=list(answers), qa_id=qa_id, is_pseudo=is_pseudo)
+
+
+def assemble(c: List[int], sep_q: List[int], a: List[int], ids: SpecialIds, task: str, max_len: int,
+             golds: Optional[List[str]] = None, qa_id: str = "", is_pseudo: bool = False,
+             gen_id: Optional[int] = None) -> Encoded:
+    """Build :class:`Encoded` from id pieces with LAMOL's truncation: keep the context's first
+    tokens; if even an empty context does not fit, cut the answer (the original cuts it too)."""
+    rest = len(sep_q) + 1 + len(a)  # sep + q + ans + a
+    budget = max_len - 1 - rest  # one position for the gen token of the LM input
+    truncated = False
+    if len(c) > max(budget, 0):
+        c, truncated = c[: max(budget, 0)], True
+    overflow = 1 + len(c) + rest - max_len
+    if overflow > 0:
+        a, truncated = a[: max(len(a) - overflow, 0)], True
+        overflow = 1 + len(c) + len(sep_q) + 1 + len(a) - max_len
+        if overflow > 0:  # question alone too long: keep its head
+            sep_q = sep_q[: len(sep_q) - overflow]
+    return Encoded(cq=c + sep_q + [ids.ans], answer=a, gen_id=ids.gen[task] if gen_id is None else gen_id,
+                   task=task, golds=golds or [], qa_id=qa_id, is_pseudo=is_pseudo, truncated=truncated)
+
+
+@dataclass
+class Batch:
+    """Padded training tensors for a list of :class:`Encoded` (``[B, L]`` each)."""
+
+    qa_input: torch.Tensor
+    qa_target: torch.Tensor
+    lm_input: torch.Tensor
+    lm_target: torch.Tensor
+    is_pseudo: torch.Tensor  # bool [B]
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(*(t.to(device, non_blocking=True) for t in
+                       (self.qa_input, self.qa_target, self.lm_input, self.lm_target, self.is_pseudo)))
+
+    @property
+    def n_tokens(self) -> int:
+        """Number of LM target tokens (the throughput unit)."""
+        return int((self.lm_target != IGNORE).sum())
+
+
+def _pad(rows: List[List[int]], value: int) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return out
+
+
+def collate(examples: Sequence[Encoded], ids: SpecialIds) -> Batch:
+    """Right-pad the QA and LM inputs/targets of ``examples``."""
+    qa_in, qa_tg, lm_in, lm_tg = [], [], [], []
+    for ex in examples:
+        cqa = ex.cq + ex.answer
+        qa_in.append(cqa)
+        qa_tg.append([IGNORE] * (len(ex.cq) - 1) + ex.answer + [ids.eos])
+        lm_in.append([ex.gen_id] + cqa)
+        lm_tg.append(cqa + [ids.eos])
+    return Batch(
+        qa_input=_pad(qa_in, ids.pad), qa_target=_pad(qa_tg, IGNORE),
+        lm_input=_pad(lm_in, ids.pad), lm_target=_pad(lm_tg, IGNORE),
+        is_pseudo=torch.tensor([ex.is_pseudo for ex in examples], dtype=torch.bool),
+    )
+
+
+class PseudoParseError(ValueError):
+    """A generated sequence that is not ``gen c [sep q] __ans__ a [eos]``."""
+
+
+def parse_pseudo(seq: Sequence[int], ids: SpecialIds, gen_to_task: dict) -> Tuple[str, List[int], List[int], List[int]]:
+    """Split a generated id sequence into (task, context, sep+question, answer).
+
+    The original's rule (K:342-359): the first id is a generation token; the rest must hold
+    exactly one ``__ans__`` (and, with ``--use_sep``, exactly one ``__sep__`` before it);
+    ``<|endoftext|>`` is removed from the answer; an empty answer is kept.
+    """
+    if not seq or seq[0] not in gen_to_task:
+        raise PseudoParseError("does not start with a generation token")
+    body = list(seq[1:])
+    if body.count(ids.ans) != 1:
+        raise PseudoParseError(f"{body.count(ids.ans)} __ans__ tokens (need exactly 1)")
+    k = body.index(ids.ans)
+    cq, a = body[:k], [t for t in body[k + 1:] if t != ids.eos]
+    if ids.sep >= 0:
+        if cq.count(ids.sep) != 1:
+            raise PseudoParseError(f"{cq.count(ids.sep)} __sep__ tokens (need exactly 1)")
+        s = cq.index(ids.sep)
+        return gen_to_task[seq[0]], cq[:s], cq[s:], a
+    return gen_to_task[seq[0]], cq, [], a
+
+
+
+
+def pseudo_from_ids(seqs: Iterable[Sequence[int]], ids: SpecialIds, gen_to_task: dict, max_len: int
+                    ) -> Tuple[List[Encoded], int]:
+    """Parse generated sequences into pseudo examples; return (examples, number dropped)."""
+    out, dropped = [], 0
+    for seq in seqs:
+        try:
+            task, c, sep_q, a = parse_pseudo(seq, ids, gen_to_task)
+        except PseudoParseError:
+            dropped += 1
+            continue
+        out.append(assemble(c, sep_q, a, ids, task, max_len, is_pseudo=True, gen_id=seq[0]))
+    return out, dropped

@@ -1,0 +1,188 @@
+"""Evaluation: decode answers for a task's test set and score them as the original.
+
+``evaluate_task`` decodes with the batched KV-cached generator (``--top_k_qa`` sampling,
+seeded; ``--top_k_qa 1`` is greedy) up to ``len(cq) + max answer length`` tokens (the
+original's limit), writes ``qa_<task>_<epoch>.csv`` (columns ``y``, ``pred``) and returns
+the metrics. ``evaluate_run`` tests every finished task model of a run on every task,
+writes each task folder's ``metrics.json`` (a list, one entry per tested epoch, of
+``{task: {metric: value}}``) and the run's accuracy matrix ``R[i][j]``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import re
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from tqdm.auto import tqdm
+
+from l2kd.config import SamplingConfig, TrainConfig
+from l2kd.data.qa_format import Encoded
+from l2kd.data.squad import load_answers_file
+from l2kd.data.tasks import answers_path, get_task
+from l2kd.generation import generate
+from l2kd.io_utils import atomic_write_json, atomic_write_text
+from l2kd.metrics import (average_score, backward_transfer, compute_metrics, forgetting, forward_transfer,
+                          task_score)
+from l2kd.model import context_length, model_from_task_dir
+from l2kd.settings import run_dir, task_dir
+from l2kd.tokenizer import add_special_tokens, load_base_tokenizer
+
+log = logging.getLogger("l2kd")
+
+
+def test_batch_size(device: torch.device, requested: int) -> int:
+    """``--test_batch_size`` 0 picks a size that fits: by free memory on GPU, 64 on CPU."""
+    if requested > 0:
+        return requested
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(max(8, min(256, free // (64 * 2**20))))
+    return 64
+
+
+@torch.no_grad()
+def predict(model, tok, examples: Sequence[Encoded], eos_id: int, pad_id: int, sampling: SamplingConfig,
+            generator: Optional[torch.Generator], max_len: int, batch_size: int) -> List[str]:
+    """Decoded answers for ``examples`` (prompt ``cq``, no generation token, as the original)."""
+    max_a = max((len(tok.encode(g)) for ex in examples for g in ex.golds), default=0) + 1
+    limits = [max(1, min(max_a, max_len - len(ex.cq))) for ex in examples]
+    was_training = model.training
+    model.eval()
+    outs = generate(model, [ex.cq for ex in examples], limits, eos_id, pad_id, sampling, generator, batch_size)
+    model.train(was_training)
+    return [tok.decode(o).strip() for o in outs]
+
+
+def write_qa_csv(path: str, golds: Sequence[Sequence[str]], preds: Sequence[str]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["y", "pred"])
+    for g, p in zip(golds, preds):
+        w.writerow([json.dumps(list(g), ensure_ascii=False), p])
+    atomic_write_text(path, buf.getvalue())
+
+
+def evaluate_task(model, tok, ids, cfg: TrainConfig, task: str, examples: Sequence[Encoded],
+                  generator: Optional[torch.Generator], csv_path: Optional[str] = None) -> Dict[str, float]:
+    """Metrics of ``model`` on ``examples`` of ``task`` (and the qa csv when ``csv_path`` is given)."""
+    device = next(model.parameters()).device
+    preds = predict(model, tok, examples, ids.eos, ids.pad, cfg.qa_sampling, generator, context_length(model),
+                    test_batch_size(device, cfg.test_batch_size))
+    golds = [ex.golds for ex in examples]
+    extra = None
+    spec = get_task(task)
+    if spec.answers_file:
+        extra = load_answers_file(answers_path(cfg.data_dir, task))
+        extra = _align_answers(examples, extra)
+    metrics = compute_metrics(task, preds, golds, extra)
+    if csv_path:
+        write_qa_csv(csv_path, golds, preds)
+    return metrics
+
+
+def _align_answers(examples: Sequence[Encoded], answers: list) -> list:
+    """The answers file is indexed by qa id (wikisql, woz.en); keep the evaluated examples' entries."""
+    out = []
+    for i, ex in enumerate(examples):
+        try:
+            out.append(answers[int(ex.qa_id)])
+        except (ValueError, IndexError):
+            out.append(answers[i] if i < len(answers) else None)
+    return out
+
+
+def _epochs_of(tdir: str) -> List[int]:
+    try:
+        with open(os.path.join(tdir, "l2kd_task.json")) as f:
+            n = int(json.load(f)["epochs"])
+        return list(range(1, n + 1))
+    except (OSError, KeyError, ValueError):
+        found = [int(m.group(1)) for f in os.listdir(tdir) if (m := re.fullmatch(r"model-(\d+)", f))]
+        return sorted(found)
+
+
+def evaluate_run(cfg: TrainConfig, device: Optional[torch.device] = None, quiet: bool = False
+                 ) -> Dict[str, object]:
+    """Test every trained task model of the run on every task; write metrics and the matrix.
+
+    Returns ``{"tasks", "matrix" (R[i][j], 0-100), "average", "backward_transfer",
+    "forgetting", "forward_transfer", "metrics"}`` and writes it to ``<run>/accuracy_matrix.json``.
+    """
+    from l2kd.train import load_task_model, load_task_examples, resolve_device, setup_logging
+
+    device = device or resolve_device(cfg.device)
+    rdir = run_dir(cfg.model_dir_root, cfg.model_name, cfg.seq_train_type, list(cfg.tasks),
+                   cfg.gen_lm_sample_percentage, cfg.seed)
+    if not os.path.isdir(rdir):
+        raise FileNotFoundError(f"run folder {rdir} does not exist: train first (same flags)")
+    setup_logging(os.path.join(rdir, "log_test.txt"), quiet)
+    multitask = cfg.seq_train_type in ("multitask", "multilm")
+    stages = [list(cfg.tasks)] if multitask else [[t] for t in cfg.tasks]
+    R: List[List[float]] = []
+    all_metrics: Dict[str, Dict[str, Dict[str, float]]] = {}
+    test_cache: Dict[str, List[Encoded]] = {}
+    for stage in stages:
+        tdir = task_dir(rdir, cfg.seq_train_type, stage[0])
+        if not os.path.isfile(os.path.join(tdir, "config.json")):
+            log.info("skip %s: not trained", tdir)
+            break
+        tok = load_base_tokenizer(cfg.model_name)
+        ids = add_special_tokens(tok, [t for s in stages[: stages.index(stage) + 1] for t in s],
+                                 cfg.add_task_tokens, cfg.use_sep)
+        model = model_from_task_dir(tdir).to(device)
+        max_len = context_length(model)
+        epochs = _epochs_of(tdir)
+        tested = epochs if cfg.test_all else epochs[-1:]
+        entries = []
+        for ep in tested:
+            load_task_model(model, tdir, f"model-{ep}")
+            gen = torch.Generator(device=device).manual_seed(cfg.seed)
+            entry = {}
+            for task in tqdm(cfg.tasks, desc=f"test {'+'.join(stage)} model-{ep}", disable=quiet, leave=False):
+                if task not in test_cache:
+                    test_cache[task] = load_task_examples(cfg, task, "test", tok, ids, max_len, cfg.max_test_examples)
+                csv_path = os.path.join(tdir, f"qa_{task}_{ep}.csv")
+                entry[task] = evaluate_task(model, tok, ids, cfg, task, test_cache[task], gen, csv_path)
+            entries.append(entry)
+        atomic_write_json(os.path.join(tdir, "metrics.json"), entries)
+        final = entries[-1]
+        R.append([task_score(t, final[t]) for t in cfg.tasks])
+        all_metrics["+".join(stage)] = final
+        log.info("after %s: %s", "+".join(stage), " ".join(f"{t}={s:.1f}" for t, s in zip(cfg.tasks, R[-1])))
+    result = matrix_report(list(cfg.tasks), R, multitask)
+    result["metrics"] = all_metrics
+    atomic_write_json(os.path.join(rdir, "accuracy_matrix.json"), result)
+    return result
+
+
+def matrix_report(tasks: List[str], R: List[List[float]], multitask: bool = False) -> Dict[str, object]:
+    """Summary numbers of an accuracy matrix (one row per trained stage)."""
+    out: Dict[str, object] = {"tasks": tasks, "matrix": R}
+    if not R:
+        return out
+    out["average"] = float(sum(R[-1]) / len(R[-1]))
+    if not multitask and len(R) == len(tasks) and len(tasks) > 1:
+        out["backward_transfer"] = backward_transfer(R)
+        out["forgetting"] = forgetting(R)
+        out["forward_transfer"] = forward_transfer(R)
+    return out
+
+
+def format_matrix(result: Dict[str, object], title: str = "") -> str:
+    """Fixed-width table: one row per stage, one column per task, plus the row average."""
+    tasks, R = result["tasks"], result["matrix"]
+    w = max(10, *(len(t) for t in tasks))
+    lines = [title] if title else []
+    lines.append("after".ljust(14) + "".join(t.rjust(w + 1) for t in tasks) + "avg".rjust(8))
+    for i, row in enumerate(R):
+        label = tasks[i] if i < len(tasks) and len(R) == len(tasks) else "all"
+        lines.append(label.ljust(14) + "".join(f"{v:{w + 1}.1f}" for v in row) + f"{sum(row) / len(row):8.1f}")
+    extra = [f"{k}={result[k]:.1f}" for k in ("average", "backward_transfer", "forgetting") if k in result]
+    if extra:
+        lines.append("  ".join(extra))
+    return "\n".join(lines)

@@ -1,0 +1,40 @@
+"""Atomic file writes: a killed run never leaves a half-written file that looks finished."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import torch
+
+
+def _atomic(path: str, write) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` via a temp file and rename."""
+    _atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+    """Write ``obj`` as indented JSON atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def atomic_torch_save(path: str, obj: Any) -> None:
+    """``torch.save`` to a temp file, then rename."""
+    _atomic(path, lambda f: torch.save(obj, f))

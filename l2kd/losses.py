@@ -1,0 +1,60 @@
+"""LAMOL's losses: weighted cross-entropy on the QA answer tokens and on the whole LM sequence.
+
+``tokens_weight`` is a *class* weight of the cross-entropy (ORIGINAL.md 3): targets equal to
+``__ans__`` (and ``__sep__``) count ``tokens_weight`` times, in the numerator and in the
+weighted-mean denominator. The LM head is applied only to positions that have a target
+(answer tokens for QA, non-padding for LM): the same loss as the original's full-logits
+cross-entropy with ``ignore_index=-1``, without computing logits nobody reads.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+
+from l2kd.data.qa_format import IGNORE
+from l2kd.tokenizer import SpecialIds
+
+
+def token_weights(vocab_size: int, ids: SpecialIds, tokens_weight: float, device: torch.device) -> torch.Tensor:
+    """Class-weight vector ``[V]``: ``tokens_weight`` at ``__ans__``/``__sep__``, 1 elsewhere."""
+    w = torch.ones(vocab_size, device=device)
+    w[ids.ans] = tokens_weight
+    if ids.sep >= 0:
+        w[ids.sep] = tokens_weight
+    return w
+
+
+def hidden_states(model: PreTrainedModel, input_ids: torch.Tensor) -> torch.Tensor:
+    """Final hidden states ``[B, L, H]`` of the transformer body (no LM head)."""
+    return model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state
+
+
+def selected_logits(model: PreTrainedModel, input_ids: torch.Tensor, target: torch.Tensor
+                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits of the positions with a target: ``(logits [N, V], targets [N], row mask [B, L])``."""
+    mask = target != IGNORE
+    h = hidden_states(model, input_ids)[mask]
+    return model.get_output_embeddings()(h), target[mask], mask
+
+
+def weighted_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Class-weighted mean cross-entropy; 0 (with a graph) when there is no target."""
+    if target.numel() == 0:
+        return logits.sum() * 0.0
+    w = weight[: logits.shape[-1]]
+    return F.cross_entropy(logits.float(), target, weight=w)
+
+
+def qa_lm_loss(model: PreTrainedModel, qa_input: torch.Tensor, qa_target: torch.Tensor,
+               lm_input: Optional[torch.Tensor], lm_target: Optional[torch.Tensor],
+               weight: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """QA loss and (when ``lm_input`` is given) LM loss, each a weighted-mean cross-entropy."""
+    logits, tgt, _ = selected_logits(model, qa_input, qa_target)
+    qa = weighted_ce(logits, tgt, weight)
+    if lm_input is None:
+        return qa, None
+    logits, tgt, _ = selected_logits(model, lm_input, lm_target)
+    return qa, weighted_ce(logits, tgt, weight)

@@ -1,0 +1,123 @@
+"""LAMOL replay: pseudo-sample generation and parsing, ``lm.csv``, and ``--real_sample``.
+
+Before task t > 0, ``n = ceil(pct * N_t)`` prompts (``n -= n % t``) are split evenly over
+the t previous tasks; each prompt is just that task's generation token. Samples are decoded
+with the ``--top_k_lm/--top_p_lm/--temperature_lm`` flags (the original used the ``_qa``
+values; same defaults) until eos or the length cap, written to ``lm.csv`` in the *previous*
+task's folder (header ``gen``, one decoded sequence per row including the generation token),
+then parsed back. Unparsable samples are counted, logged and dropped; fewer than half
+parsing raises a loud warning (the original dropped them silently). ``N_t`` is the size of
+the training set actually loaded (equal to the original's data_attrs size on full data).
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from l2kd.config import SamplingConfig
+from l2kd.data.qa_format import Encoded, pseudo_from_ids
+from l2kd.generation import generate
+from l2kd.io_utils import atomic_write_text
+from l2kd.tokenizer import SpecialIds
+
+log = logging.getLogger("l2kd")
+
+
+@dataclass
+class ReplayStats:
+    """Counts of one task's replay data."""
+
+    requested: int = 0
+    generated: int = 0
+    parsed: int = 0
+    dropped: int = 0
+    per_task: Dict[str, int] = field(default_factory=dict)
+    source: str = "generated"  # generated | lm.csv | real
+
+    @property
+    def parse_rate(self) -> float:
+        return self.parsed / self.generated if self.generated else 0.0
+
+
+def n_pseudo(pct: float, train_size: int, n_prev: int) -> int:
+    """``ceil(pct * size)`` rounded down to a multiple of the number of previous tasks."""
+    n = int(math.ceil(pct * train_size))
+    return n - n % n_prev if n_prev else 0
+
+
+def write_lm_csv(path: str, texts: Sequence[str]) -> None:
+    """``lm.csv`` as the original: header ``gen``, one sequence per row (written atomically)."""
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["gen"])
+    for t in texts:
+        w.writerow([t])
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_lm_csv(path: str) -> List[str]:
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if not rows or rows[0] != ["gen"]:
+        raise ValueError(f"{path}: not an lm.csv file (expected header 'gen')")
+    return [r[0] for r in rows[1:] if r]
+
+
+def generate_pseudo(model, tok, ids: SpecialIds, prev_tasks: Sequence[str], n_total: int, max_len: int,
+                    sampling: SamplingConfig, generator: torch.Generator, lm_csv_path: str,
+                    batch_size: int = 64) -> Tuple[List[Encoded], ReplayStats, List[List[int]]]:
+    """Generate (or re-read from an existing ``lm.csv``) and parse pseudo-samples of ``prev_tasks``."""
+    gen_to_task = {ids.gen[t]: t for t in prev_tasks}
+    stats = ReplayStats(requested=n_total)
+    if os.path.isfile(lm_csv_path):
+        seqs = [tok.encode(t) for t in read_lm_csv(lm_csv_path)]
+        stats.source = "lm.csv"
+        log.info("re-using %d pseudo-samples from %s", len(seqs), lm_csv_path)
+    else:
+        per = n_total // len(prev_tasks) if prev_tasks else 0
+        prompts = [[ids.gen[t]] for t in prev_tasks for _ in range(per)]
+        limit = max_len - 1
+        was_training = model.training
+        model.eval()
+        new = generate(model, prompts, [limit] * len(prompts), ids.eos, ids.pad, sampling, generator,
+                       batch_size=batch_size)
+        model.train(was_training)
+        seqs = [p + n for p, n in zip(prompts, new)]
+        write_lm_csv(lm_csv_path, [tok.decode(s) for s in seqs])
+    examples, dropped = pseudo_from_ids(seqs, ids, gen_to_task, max_len)
+    stats.generated, stats.parsed, stats.dropped = len(seqs), len(examples), dropped
+    for ex in examples:
+        stats.per_task[ex.task] = stats.per_task.get(ex.task, 0) + 1
+    msg = (f"pseudo-samples: {stats.generated} generated, {stats.parsed} parsed, {stats.dropped} dropped "
+           f"({100 * stats.parse_rate:.0f}% parsed; source {stats.source})")
+    if stats.generated and stats.parse_rate < 0.5:
+        log.warning("%s -- FEWER THAN HALF PARSED: replay is weak; train the model longer or check the "
+                    "learning rate", msg)
+    else:
+        log.info(msg)
+    return examples, stats, seqs
+
+
+def sample_real(prev_data: Dict[str, List[Encoded]], pct: float, rng: np.random.Generator
+                ) -> Tuple[List[Encoded], ReplayStats]:
+    """``--real_sample``: per previous task ``ceil(pct * size) // t`` real examples, with replacement."""
+    t = len(prev_data)
+    out: List[Encoded] = []
+    stats = ReplayStats(source="real")
+    for task, data in prev_data.items():
+        k = int(math.ceil(pct * len(data))) // t
+        for i in rng.integers(0, len(data), size=k):
+            src = data[int(i)]
+            out.append(Encoded(cq=src.cq, answer=src.answer, gen_id=src.gen_id, task=task, is_pseudo=True))
+        stats.per_task[task] = k
+    stats.requested = stats.generated = stats.parsed = len(out)
+    return out, stats

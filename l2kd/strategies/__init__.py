@@ -1,0 +1,21 @@
+"""Lifelong-learning strategies, one file each; ``make_strategy`` maps ``--seq_train_type``."""
+from __future__ import annotations
+
+from l2kd.config import TrainConfig
+from l2kd.strategies.base import Sequential, Strategy, TaskContext
+from l2kd.strategies.lamol import LAMOL, MultiLM
+
+
+def make_strategy(cfg: TrainConfig) -> Strategy:
+    """The strategy for ``cfg.seq_train_type``."""
+    t = cfg.seq_train_type
+    if t == "lll":
+        return LAMOL()
+    if t == "multilm":
+        return MultiLM()
+    if t in ("finetune", "multitask"):
+        return Sequential()
+    raise NotImplementedError(f"--seq_train_type {t} is not available yet in l2kd")
+
+
+__all__ = ["Strategy", "Sequential", "TaskContext", "LAMOL", "MultiLM", "make_strategy"]

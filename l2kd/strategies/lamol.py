@@ -1,0 +1,49 @@
+"""LAMOL (``--seq_train_type lll``): QA + lm_lambda * LM loss, and replay of generated
+pseudo-samples of the previous tasks (or real samples with ``--real_sample``)."""
+from __future__ import annotations
+
+import os
+from typing import List
+
+from transformers import PreTrainedModel
+
+from l2kd.data.qa_format import Encoded
+from l2kd.replay import generate_pseudo, n_pseudo, sample_real
+from l2kd.strategies.base import Strategy, TaskContext
+
+
+class LAMOL(Strategy):
+    """Pseudo-sample replay; the model learns to generate its own training data."""
+
+    name = "lll"
+    uses_lm_loss = True
+
+    def before_task(self, ctx: TaskContext, model: PreTrainedModel) -> List[Encoded]:
+        cfg = ctx.cfg
+        if ctx.index == 0 or cfg.gen_lm_sample_percentage <= 0:
+            return []
+        if cfg.real_sample:
+            extra, stats = sample_real(ctx.prev_train_examples, cfg.gen_lm_sample_percentage, ctx.rng)
+            ctx.logger.info("real-sample replay: %d examples %s", len(extra), stats.per_task)
+        else:
+            n = n_pseudo(cfg.gen_lm_sample_percentage, len(ctx.train_examples), len(ctx.prev_tasks))
+            path = os.path.join(ctx.prev_task_dir, "lm.csv")
+            extra, stats, seqs = generate_pseudo(
+                model, ctx.tokenizer, ctx.ids, ctx.prev_tasks, n, _gen_len(cfg, ctx.max_len), cfg.lm_sampling,
+                ctx.generator, path)
+            ctx.stats["pseudo_examples_shown"] = [ctx.tokenizer.decode(s) for s in seqs[:3]]
+        ctx.stats["replay"] = {"requested": stats.requested, "generated": stats.generated,
+                               "parsed": stats.parsed, "dropped": stats.dropped,
+                               "per_task": stats.per_task, "source": stats.source}
+        return extra
+
+
+def _gen_len(cfg, max_len: int) -> int:
+    return min(max_len, cfg.max_gen_len) if cfg.max_gen_len > 0 else max_len
+
+
+class MultiLM(Strategy):
+    """``multilm``: multitask training with QA + lm_lambda * LM, no replay."""
+
+    name = "multilm"
+    uses_lm_loss = True

@@ -1,0 +1,30 @@
+"""Test CLI: ``python -m l2kd.test`` with the same flags as training (an original test.sh line).
+
+Tests every finished task model on every task of ``--tasks`` (the last epoch, or every
+epoch with ``--test_all``), writes ``qa_<task>_<epoch>.csv`` and ``metrics.json`` in each
+task folder and ``accuracy_matrix.json`` in the run folder, and prints the matrix.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Optional, Sequence
+
+from l2kd.evaluate import evaluate_run, format_matrix
+from l2kd.settings import parse_args
+from l2kd.train import config_from_args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv, prog="python -m l2kd.test")
+    cfg = config_from_args(args)
+    try:
+        result = evaluate_run(cfg, quiet=args.quiet)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"l2kd.test: error: {exc}", file=sys.stderr)
+        return 1
+    print(format_matrix(result, "score after each task (0-100)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

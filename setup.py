@@ -1,0 +1,86 @@
+"""Build of record for l2kd's compiled operators (``l2kd._C``).
+
+Knobs (environment variables, read only here):
+  L2KD_CPU_ONLY=1        never build the CUDA kernels
+  FORCE_CUDA=1           build the CUDA kernels even if torch is not a CUDA build
+  L2KD_DEBUG=1           -O0 -g, no vector-ISA flags
+  L2KD_PORTABLE=1        do not add -mavx2/-mfma/-mf16c even if the build host has them
+  TORCH_CUDA_ARCH_LIST   CUDA architectures (read by torch.utils.cpp_extension)
+
+CUDA is built when FORCE_CUDA=1, or when torch is a CUDA build and nvcc is found; never
+because a GPU is visible and never against a CPU-only torch (unless forced).
+Every source under csrc/ is globbed: adding an op needs no change here.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import platform
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def _host_has_avx2_fma() -> bool:
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return all(f" {x}" in flags for x in ("avx2", "fma", "f16c"))
+
+
+def _extensions():
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+    except ImportError:  # metadata-only operations (e.g. sdist without torch)
+        return [], {}
+
+    debug = _flag("L2KD_DEBUG")
+    cpp_sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
+    cuda_sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cu"), recursive=True))
+    want_cuda = not _flag("L2KD_CPU_ONLY") and (
+        _flag("FORCE_CUDA") or (torch.version.cuda is not None and CUDA_HOME is not None)
+    )
+
+    cxx = ["-O0", "-g"] if debug else ["-O3"]
+    cxx += ["-std=c++17", "-fopenmp", "-Wall", "-Werror", "-Wno-unknown-pragmas"]
+    if not debug and not _flag("L2KD_PORTABLE") and _host_has_avx2_fma():
+        # at::vec::Vectorized picks its AVX2 specialisation from CPU_CAPABILITY_AVX2.
+        cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DL2KD_AVX2=1"]
+    nvcc = ["-O0", "-g", "-G"] if debug else ["-O3"]
+    nvcc += ["-std=c++17", "--expt-relaxed-constexpr", "-Werror=all-warnings", "-Xcompiler=-Wall"]
+
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    kwargs = dict(
+        name="l2kd._C",
+        include_dirs=include_dirs,
+        extra_link_args=["-fopenmp"],
+    )
+    if want_cuda:
+        ext = CUDAExtension(
+            sources=cpp_sources + cuda_sources,
+            extra_compile_args={"cxx": cxx + ["-DL2KD_WITH_CUDA=1"], "nvcc": nvcc + ["-DL2KD_WITH_CUDA=1"]},
+            **kwargs,
+        )
+    else:
+        ext = CppExtension(sources=cpp_sources, extra_compile_args={"cxx": cxx}, **kwargs)
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = _extensions()
+
+setup(
+    packages=find_packages(include=["l2kd", "l2kd.*"]),
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    include_package_data=True,
+)

@@ -1,0 +1,339 @@
+"""Tests of l2kd.ops.top_k_sample: invariants, distribution, errors, opcheck, compile.
+
+Sampling ops test invariants rather than values: every id lies in the kept set (ties at the
+k-th value included, nucleus applied), k=1 is argmax, a seeded generator repeats, and a
+chi-square goodness-of-fit test compares many draws with the exact filtered distribution
+computed here independently (numpy, float64). Compiled-path tests skip when the extension
+(l2kd._C) lacks the op; CUDA tests skip without a GPU.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from l2kd.ops import has_compiled
+from l2kd.ops.top_k_sample import top_k_sample, top_k_sample_ref
+
+COMPILED = has_compiled("top_k_sample")
+CUDA = COMPILED and torch.cuda.is_available()
+needs_compiled = pytest.mark.skipif(not COMPILED, reason="l2kd._C without top_k_sample")
+needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device / CUDA kernel")
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def _sampler(path):
+    if path == "ref":
+        return lambda *a, **kw: top_k_sample_ref(*a, **kw)
+    if not COMPILED:
+        pytest.skip("l2kd._C without top_k_sample")
+    return lambda *a, **kw: top_k_sample(*a, **kw)
+
+
+PATHS = ["ref", "compiled"]
+
+
+# ----------------------------------------------------------------------------- oracle
+def filtered_probs(row, k, top_p=0.0, temperature=1.0):
+    """Exact filtered distribution of one row (numpy float64), written independently."""
+    y = np.asarray(torch.as_tensor(row).float().div(temperature).tolist(), dtype=np.float64)
+    kth = np.sort(y)[::-1][k - 1]
+    keep = y >= kth
+    w = np.where(keep & np.isfinite(y), np.exp(y - y[keep].max()), 0.0)
+    if 0.0 < top_p < 1.0:
+        order = sorted(np.flatnonzero(keep), key=lambda i: (-y[i], i))
+        p = w / w.sum()
+        before = 0.0
+        nucleus = np.zeros_like(keep)
+        for i in order:
+            if before <= top_p:
+                nucleus[i] = True
+            before += p[i]
+        w = np.where(nucleus, w, 0.0)
+    return w / w.sum()
+
+
+def allowed_ids(x, k, top_p, temperature, slack=1e-4):
+    """Boolean [B, V]: ids an exact sampler may return (nucleus boundary loosened by slack)."""
+    rows = []
+    for r in x:
+        p = filtered_probs(r, k, min(top_p + slack, 0.99999) if top_p > 0 else 0.0, temperature)
+        rows.append(p > 0)
+    return np.stack(rows)
+
+
+# ----------------------------------------------------------------------------- invariants
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ids_in_kept_set(path, dtype):
+    sample = _sampler(path)
+    g = torch.Generator().manual_seed(0)
+    for V in (7, 8, 1000, 50257):
+        for B in ((1, 37) if V < 50257 else (1, 3)):
+            for k in sorted({min(kk, V) for kk in (1, 2, 20, V)}):
+                for top_p, temp in ((0.0, 1.0), (0.5, 0.7), (0.9, 1.3)):
+                    x = (torch.randn(B, V, generator=g) * 3).to(dtype)
+                    if V == 50257 and k == V and top_p > 0:
+                        continue  # the oracle's python sort is slow; covered at V=1000
+                    ids = sample(x, k, top_p, temp, g)
+                    assert ids.shape == (B,) and ids.dtype == torch.long
+                    ok = allowed_ids(x, k, top_p, temp)
+                    got = ok[np.arange(B), ids.numpy()]
+                    assert got.all(), (V, B, k, top_p, temp, dtype)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_k1_is_argmax(path, dtype):
+    sample = _sampler(path)
+    g = torch.Generator().manual_seed(1)
+    for V in (7, 1000, 50257):
+        B = 37 if V < 50257 else 3
+        x = torch.randn(B, V, generator=g)
+        x[torch.arange(B), torch.randint(V, (B,), generator=g)] = 100.0  # unique maximum in every dtype
+        x = x.to(dtype)
+        ids = sample(x, 1, 0.0, 0.8, g)
+        assert torch.equal(ids, x.float().argmax(dim=1))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_seeded_generator_repeats(path):
+    sample = _sampler(path)
+    x = torch.randn(37, 1000) * 2
+    a = sample(x, 20, 0.9, 1.0, torch.Generator().manual_seed(7))
+    b = sample(x, 20, 0.9, 1.0, torch.Generator().manual_seed(7))
+    c = sample(x, 20, 0.9, 1.0, torch.Generator().manual_seed(8))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_ties_at_kth_value_kept(path):
+    sample = _sampler(path)
+    g = torch.Generator().manual_seed(2)
+    x = torch.tensor([[0.0, 1.0, 1.0, 1.0, 2.0, -5.0, 1.0]]).repeat(4000, 1)
+    ids = sample(x, 2, 0.0, 1.0, g)
+    assert set(ids.tolist()) == {1, 2, 3, 4, 6}
+    # k = 1 with tied maxima: one of the maxima, drawn uniformly
+    x = torch.tensor([[3.0, 1.0, 3.0, 3.0]]).repeat(3000, 1)
+    ids = sample(x, 1, 0.0, 1.0, g)
+    assert set(ids.tolist()) == {0, 2, 3}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_nucleus_cuts_inside_tie_group(path):
+    """All-equal logits, top_p 0.45: members 0..4 (stable order) stay, 5..9 go."""
+    sample = _sampler(path)
+    x = torch.zeros(3000, 10)
+    ids = sample(x, 10, 0.45, 1.0, torch.Generator().manual_seed(3))
+    assert set(ids.tolist()) == {0, 1, 2, 3, 4}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_temperature_rounding_ties(path):
+    """Two adjacent floats that x / 3 maps to one value: both kept with k = 1."""
+    sample = _sampler(path)
+    three = np.float32(3.0)
+    b = np.float32(1.75)  # x / 3 in [0.5, 1): the result's ulp exceeds a third of x's
+    for _ in range(100):
+        a = np.nextafter(b, np.float32(-np.inf), dtype=np.float32)
+        if np.float32(a / three) == np.float32(b / three):
+            break
+        b = np.nextafter(b, np.float32(np.inf), dtype=np.float32)
+    else:
+        pytest.skip("no rounding tie found")
+    x = torch.tensor([[float(b), float(a), 0.0, -1.0]], dtype=torch.float32).repeat(2000, 1)
+    assert torch.div(x[:1, 0], 3.0).item() == torch.div(x[:1, 1], 3.0).item()
+    ids = sample(x, 1, 0.0, 3.0, torch.Generator().manual_seed(4))
+    assert set(ids.tolist()) == {0, 1}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_neg_inf_never_sampled(path, dtype):
+    sample = _sampler(path)
+    g = torch.Generator().manual_seed(5)
+    V = 1000
+    x = torch.randn(37, V, generator=g)
+    x[torch.rand(37, V, generator=g) < 0.98] = float("-inf")
+    x[:, 3] = 0.0  # at least one finite entry per row
+    x = x.to(dtype)
+    for k in (1, 5, 50, V):  # also fewer finite entries than k
+        for top_p in (0.0, 0.9):
+            ids = sample(x, k, top_p, 1.0, g)
+            assert torch.isfinite(x[torch.arange(37), ids].float()).all()
+
+
+# ----------------------------------------------------------------------------- distribution
+CHI_CASES = [
+    # logits, k, top_p, temperature
+    ([2.0, 1.5, 0.3, -1.0, 0.9, 0.9, 2.2, -0.4, 1.1, 0.0, -2.0, 0.5], 5, 0.0, 1.0),
+    ([2.0, 1.5, 0.3, -1.0, 0.9, 0.9, 2.2, -0.4, 1.1, 0.0, -2.0, 0.5], 5, 0.7, 0.8),
+    ([1.0, 1.0, 0.5, 1.0, 0.5, 2.0, -1.0, 0.5], 4, 0.0, 1.5),  # ties at the k-th value
+    ([1.0, 1.0, 0.5, 1.0, 0.5, 2.0, -1.0, 0.5], 8, 0.8, 1.0),  # nucleus through a tie group
+]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("case", range(len(CHI_CASES)))
+def test_chi_square_goodness_of_fit(path, case):
+    from scipy.stats import chisquare
+
+    sample = _sampler(path)
+    logits, k, top_p, temp = CHI_CASES[case]
+    row = torch.tensor(logits)
+    p = filtered_probs(row, k, top_p, temp)
+    n = 20000
+    ids = sample(row.repeat(n, 1), k, top_p, temp, torch.Generator().manual_seed(100 + case))
+    counts = np.bincount(ids.numpy(), minlength=len(logits))
+    assert counts[p == 0].sum() == 0
+    sup = p > 0
+    stat = chisquare(counts[sup], p[sup] * n)
+    assert stat.pvalue > 1e-3, (counts, p * n, stat)
+
+
+# ----------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("use_kernels", [False, True])
+def test_bad_inputs(use_kernels):
+    x = torch.randn(3, 10)
+    f = lambda *a, **kw: top_k_sample(*a, use_kernels=use_kernels, **kw)  # noqa: E731
+    with pytest.raises(ValueError, match="k must"):
+        f(x, 0)
+    with pytest.raises(ValueError, match="k must"):
+        f(x, 11)
+    with pytest.raises(TypeError, match="float32"):
+        f(x.double(), 2)
+    with pytest.raises(TypeError, match="float32"):
+        f(x.long(), 2)
+    with pytest.raises(ValueError, match="2-D"):
+        f(x[0], 2)
+    with pytest.raises(ValueError, match="2-D"):
+        f(x[None], 2)
+    with pytest.raises(ValueError, match="temperature"):
+        f(x, 2, temperature=0.0)
+    with pytest.raises(ValueError, match="temperature"):
+        f(x, 2, temperature=-1.0)
+    with pytest.raises(ValueError, match="top_p"):
+        f(x, 2, top_p=1.5)
+    with pytest.raises(ValueError, match="top_p"):
+        f(x, 2, top_p=-0.1)
+    err = (ValueError, RuntimeError)
+    bad = x.clone()
+    bad[1, 4] = float("nan")
+    with pytest.raises(err, match="NaN"):
+        f(bad, 2)
+    bad = x.clone()
+    bad[2] = float("-inf")
+    with pytest.raises(err, match="-inf"):
+        f(bad, 2)
+    bad = x.clone()
+    bad[0, 0] = float("inf")
+    with pytest.raises(err, match=r"\+inf"):
+        f(bad, 2)
+
+
+@needs_compiled
+def test_core_op_checks():
+    x = torch.randn(3, 10)
+    u = torch.rand(3)
+    op = torch.ops.l2kd.top_k_sample
+    with pytest.raises(RuntimeError, match="top_k_sample: k must"):
+        op(x, 0, 0.0, 1.0, u)
+    with pytest.raises(RuntimeError, match="top_k_sample: k must"):
+        op(x, 11, 0.0, 1.0, u)
+    with pytest.raises(RuntimeError, match="top_k_sample: logits must be float32"):
+        op(x.double(), 2, 0.0, 1.0, u)
+    with pytest.raises(RuntimeError, match="top_k_sample: uniforms"):
+        op(x, 2, 0.0, 1.0, torch.rand(2))
+    with pytest.raises(RuntimeError, match="top_k_sample: temperature"):
+        op(x, 2, 0.0, 0.0, u)
+
+
+# ----------------------------------------------------------------------------- torch.library
+@needs_compiled
+def test_opcheck_cpu():
+    g = torch.Generator().manual_seed(9)
+    for dtype in DTYPES:
+        x = torch.randn(5, 37, generator=g).to(dtype)
+        u = torch.rand(5, generator=g)
+        torch.library.opcheck(torch.ops.l2kd.top_k_sample.default, (x, 4, 0.9, 0.7, u))
+
+
+@needs_compiled
+def test_core_op_deterministic_given_uniforms():
+    x = torch.randn(37, 1000)
+    u = torch.rand(37)
+    a = torch.ops.l2kd.top_k_sample(x, 20, 0.9, 1.0, u)
+    assert torch.equal(a, torch.ops.l2kd.top_k_sample(x, 20, 0.9, 1.0, u))
+    # u -> 0 draws the first member in the kernel's fixed order; u -> 1 the last: both kept
+    lo = torch.ops.l2kd.top_k_sample(x, 20, 0.0, 1.0, torch.zeros(37))
+    hi = torch.ops.l2kd.top_k_sample(x, 20, 0.0, 1.0, torch.full((37,), 1.0 - 2**-24))
+    ok = allowed_ids(x, 20, 0.0, 1.0)
+    assert ok[np.arange(37), lo.numpy()].all() and ok[np.arange(37), hi.numpy()].all()
+
+
+@needs_compiled
+def test_torch_compile_fullgraph():
+    """The public function with generator=None compiles in one graph (uniforms drawn inside)."""
+    torch._dynamo.reset()
+    fn = torch.compile(lambda x: top_k_sample(x, 5, 0.9, 0.8), fullgraph=True)
+    x = torch.randn(37, 100)
+    ids = fn(x)
+    ok = allowed_ids(x, 5, 0.9, 0.8)
+    assert ok[np.arange(37), ids.numpy()].all()
+
+
+# ----------------------------------------------------------------------------- CUDA
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_ids_in_kept_set(dtype):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for V in (7, 8, 1000, 50257):
+        for k in sorted({min(kk, V) for kk in (1, 2, 20, V)}):
+            for top_p, temp in ((0.0, 1.0), (0.5, 0.7), (0.9, 1.3)):
+                if V == 50257 and k == V and top_p > 0:
+                    continue
+                x = (torch.randn(37 if V < 50257 else 3, V) * 3).to(dtype)
+                ids = top_k_sample(x.cuda(), k, top_p, temp, g).cpu()
+                ok = allowed_ids(x, k, top_p, temp)
+                assert ok[np.arange(x.shape[0]), ids.numpy()].all(), (V, k, top_p, dtype)
+
+
+@needs_cuda
+@pytest.mark.parametrize("case", range(len(CHI_CASES)))
+def test_cuda_chi_square(case):
+    from scipy.stats import chisquare
+
+    logits, k, top_p, temp = CHI_CASES[case]
+    row = torch.tensor(logits)
+    p = filtered_probs(row, k, top_p, temp)
+    n = 20000
+    g = torch.Generator(device="cuda").manual_seed(200 + case)
+    ids = top_k_sample(row.repeat(n, 1).cuda(), k, top_p, temp, g).cpu()
+    counts = np.bincount(ids.numpy(), minlength=len(logits))
+    assert counts[p == 0].sum() == 0
+    assert chisquare(counts[p > 0], p[p > 0] * n).pvalue > 1e-3
+
+
+@needs_cuda
+def test_cuda_large_kept_set_and_repeat():
+    """k = V with nucleus (kept set larger than the kernel's shared-memory list)."""
+    x = torch.zeros(4, 50257, device="cuda")
+    x[:, :10] = 5.0
+    a = top_k_sample(x, 50257, 0.5, 1.0, torch.Generator(device="cuda").manual_seed(1))
+    b = top_k_sample(x, 50257, 0.5, 1.0, torch.Generator(device="cuda").manual_seed(1))
+    assert torch.equal(a, b)
+    ok = allowed_ids(x.cpu(), 50257, 0.5, 1.0)
+    assert ok[np.arange(4), a.cpu().numpy()].all()
+    x = torch.randn(5, 37, device="cuda")
+    torch.library.opcheck(torch.ops.l2kd.top_k_sample.default, (x, 4, 0.9, 0.7, torch.rand(5, device="cuda")))
+
+
+@needs_cuda
+def test_cuda_invalid_row_gives_minus_one():
+    x = torch.randn(3, 10, device="cuda")
+    x[1] = float("-inf")
+    x[2, 3] = float("nan")
+    ids = torch.ops.l2kd.top_k_sample(x, 2, 0.0, 1.0, torch.rand(3, device="cuda")).cpu()
+    assert ids[0] >= 0 and ids[1] == -1 and ids[2] == -1
