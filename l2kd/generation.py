@@ -10,11 +10,19 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
+import inspect
+
 import torch
 from transformers import PreTrainedModel
 
 from l2kd.config import SamplingConfig
 from l2kd.ops import top_k_sample, top_k_sample_ref
+
+
+def _cache_kwarg(model: PreTrainedModel) -> str:
+    """Name of the KV-cache argument (``cache`` in newer transformers, ``past_key_values`` before)."""
+    params = inspect.signature(model.base_model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def _sample(logits: torch.Tensor, cfg: SamplingConfig, generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -54,6 +62,7 @@ def _generate_batch(model, prompts, limits, eos_id, pad_id, cfg, generator, devi
     ids, mask = ids.to(device), mask.to(device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     head = model.get_output_embeddings()
+    cache_arg = _cache_kwarg(model)
     alive = torch.arange(b, device=device)  # rows of the original batch still generating
     out = model.base_model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
     past, h = out.past_key_values, out.last_hidden_state[:, -1]
@@ -83,5 +92,5 @@ def _generate_batch(model, prompts, limits, eos_id, pad_id, cfg, generator, devi
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
         last_pos = last_pos + 1
         out = model.base_model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos[:, None],
-                               past_key_values=past, use_cache=True)
+                               use_cache=True, **{cache_arg: past})
         past, h = out.past_key_values, out.last_hidden_state[:, -1]

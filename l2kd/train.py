@@ -59,6 +59,7 @@ def seed_everything(seed: int) -> None:
 def setup_logging(path: Optional[str], quiet: bool = False) -> None:
     """Log to stderr and (append) to ``path``, once per file."""
     log.setLevel(logging.INFO)
+    log.propagate = False
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
                for h in log.handlers):

@@ -72,7 +72,7 @@ def assemble(c: List[int], sep_q: List[int], a: List[int], ids: SpecialIds, task
         overflow = 1 + len(c) + len(sep_q) + 1 + len(a) - max_len
         if overflow > 0:  # question alone too long: keep its head
             sep_q = sep_q[: len(sep_q) - overflow]
-    return Encoded(cq=c + sep_q + [ids.ans], answer=a, gen_id=ids.gen[task] if gen_id is None else gen_id,
+    return Encoded(cq=c + sep_q + [ids.ans], answer=a, gen_id=ids.gen.get(task, -1) if gen_id is None else gen_id,
                    task=task, golds=golds or [], qa_id=qa_id, is_pseudo=is_pseudo, truncated=truncated)
 
 

@@ -32,8 +32,14 @@ Semantics:
   ``grad``'s dtype.
 - If every ``(M g)_i >= 0`` (computed in fp64; the original checks the fp32 ``torch.mm``, so
   a dot within round-off of 0 may decide differently) nothing is projected and the result is
-  a *copy* of ``grad``. The result is always a new contiguous tensor; inputs are never
-  modified (the original overwrote the gradient in place: callers write the result back).
+  a *copy* of ``grad``. Without ``out`` the result is always a new contiguous tensor and the
+  inputs are never modified.
+- ``out=``: a contiguous ``[P]`` tensor of ``grad``'s dtype and device to write into and
+  return. ``out=grad`` is the in-place projection the original does (it overwrote the
+  gradient): nothing is written when no constraint is violated, and no ``[P]`` temporary is
+  allocated at all (allocating a fresh ``[P]`` output costs a page fault per 4 KiB on first
+  touch, which dominates on some machines; see the benchmark). ``out`` must not partially
+  overlap ``grad`` nor overlap ``memory_grads``.
 - A non-finite ``memory_grads`` raises ``RuntimeError``. A non-finite ``grad`` (e.g. an fp16
   overflow step) is returned unchanged (copied): the projection is undefined, and the
   optimizer / grad scaler decides what to do with such a step.
@@ -154,11 +160,40 @@ def gem_dual_solve_ref(A: torch.Tensor, c: torch.Tensor, margin: float) -> torch
     raise RuntimeError("gem_project: the active-set solve did not terminate; try a larger eps")
 
 
+def _check_out(grad: torch.Tensor, memory_grads: torch.Tensor, out: torch.Tensor) -> None:
+    if out.dim() != 1 or out.shape[0] != grad.shape[0]:
+        raise RuntimeError(f"gem_project: out must have shape [{grad.shape[0]}], got {tuple(out.shape)}")
+    if not out.is_contiguous():
+        raise RuntimeError("gem_project: out must be contiguous")
+    if out.dtype != grad.dtype:
+        raise RuntimeError(f"gem_project: out ({out.dtype}) must have grad's dtype ({grad.dtype})")
+    if out.device != grad.device:
+        raise RuntimeError(f"gem_project: out ({out.device}) must be on grad's device ({grad.device})")
+
+    def span(x: torch.Tensor):
+        return x.data_ptr(), x.data_ptr() + x.numel() * x.element_size()
+
+    o0, o1 = span(out)
+    for other, name in ((grad, "grad"), (memory_grads, "memory_grads")):
+        a0, a1 = span(other)
+        same = other is grad and out.data_ptr() == grad.data_ptr() and grad.is_contiguous()
+        if not same and out.numel() and other.numel() and o0 < a1 and a0 < o1:
+            raise RuntimeError(f"gem_project: out must be grad itself or not overlap {name}")
+
+
 def gem_project_ref(
-    grad: torch.Tensor, memory_grads: torch.Tensor, margin: float = 0.5, eps: float = 1e-3
+    grad: torch.Tensor,
+    memory_grads: torch.Tensor,
+    margin: float = 0.5,
+    eps: float = 1e-3,
+    *,
+    out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Plain-PyTorch reference of :func:`gem_project` (fp64 Gram, exact active-set solve)."""
     _check_inputs(grad, memory_grads, margin, eps)
+    if out is not None:
+        _check_out(grad, memory_grads, out)
+        return out.copy_(gem_project_ref(grad, memory_grads, margin, eps))
     out_unchanged = grad.contiguous().clone()
     t, P = memory_grads.shape
     if t == 0 or P == 0:
@@ -206,18 +241,25 @@ def gem_project(
     eps: float = 1e-3,
     *,
     use_kernels: bool = True,
+    out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Project ``grad`` [P] so it does not conflict with the past tasks' ``memory_grads`` [t, P].
 
     Returns ``grad + memory_grads^T v*`` with ``v* = argmin_{v >= margin} 1/2 v^T (M M^T + eps I) v
     + (M grad)^T v`` (GEM's dual QP exactly as the original's quadprog call; module docstring),
     or a copy of ``grad`` when every ``memory_grads @ grad >= 0``. Always a new tensor of
-    ``grad``'s dtype; inputs are not modified. ``use_kernels=False`` forces the reference.
+    ``grad``'s dtype; inputs are not modified. ``out=`` writes into ``out`` and returns it
+    (``out=grad``: in-place projection, as the original). ``use_kernels=False`` forces the
+    reference.
     """
     _check_inputs(grad, memory_grads, margin, eps)
+    if out is not None:
+        _check_out(grad, memory_grads, out)
     if use_kernels and _has_kernel(grad.device):
+        if out is not None:
+            return torch.ops.l2kd.gem_project.out(grad, memory_grads, float(margin), float(eps), out=out)
         return torch.ops.l2kd.gem_project.default(grad, memory_grads, float(margin), float(eps))
-    return gem_project_ref(grad, memory_grads, margin, eps)
+    return gem_project_ref(grad, memory_grads, margin, eps, out=out)
 
 
 def _register() -> Optional[bool]:
@@ -231,6 +273,10 @@ def _register() -> Optional[bool]:
         torch._check(memory_grads.shape[1] == grad.shape[0], lambda: "gem_project: size mismatch")
         torch._check(grad.dtype == memory_grads.dtype, lambda: "gem_project: dtype mismatch")
         return torch.empty_like(grad, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("l2kd::gem_project.out")
+    def _gem_project_out_fake(grad, memory_grads, margin, eps, *, out):
+        return out
 
     for device_type in ("cpu", "cuda"):
         _KERNELS[device_type] = _probe_kernel(device_type)

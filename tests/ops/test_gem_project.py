@@ -225,6 +225,32 @@ def test_inputs_not_modified_and_edges(impl):
     assert rel_err(run(impl, grad, cols[:, :3].T), run(impl, grad, mem)) < 1e-6
 
 
+@pytest.mark.parametrize("use_kernels", [False, pytest.param(True, marks=needs_compiled)])
+def test_out_and_in_place(use_kernels):
+    grad, mem = violated_case(4, 1003, seed=21)
+    expected = gem_project_ref(grad, mem)
+    buf = torch.empty_like(grad)
+    res = gem_project(grad, mem, out=buf, use_kernels=use_kernels)
+    assert res is buf and rel_err(buf, expected) < 1e-6
+    g = grad.clone()
+    res = gem_project(g, mem, out=g, use_kernels=use_kernels)  # in place, as the original
+    assert res is g and rel_err(g, expected) < 1e-6
+    ok_mem, ok_grad = mem.abs(), grad.abs()
+    g = ok_grad.clone()
+    gem_project(g, ok_mem, out=g, use_kernels=use_kernels)
+    assert torch.equal(g, ok_grad)
+    big = torch.zeros(2 * 1003)
+    big[:1003] = grad
+    with pytest.raises(RuntimeError, match="overlap"):
+        gem_project(big[:1003], mem, out=big[1:1004], use_kernels=use_kernels)
+    with pytest.raises(RuntimeError, match="overlap"):
+        gem_project(mem[0], mem, out=mem[1], use_kernels=use_kernels)
+    for bad_out, msg in ((torch.empty(5), "shape"), (torch.empty(1003, dtype=torch.float64), "dtype"),
+                         (torch.empty(2006)[::2], "contiguous")):
+        with pytest.raises(RuntimeError, match=msg):
+            gem_project(grad, mem, out=bad_out, use_kernels=use_kernels)
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_non_finite(impl):
     grad, mem = violated_case(3, 40, seed=4)
@@ -302,6 +328,8 @@ def test_opcheck_cpu():
         if not viol:
             mem, grad = mem.abs(), grad.abs()
         torch.library.opcheck(torch.ops.l2kd.gem_project.default, (grad, mem, 0.5, 1e-3))
+        torch.library.opcheck(torch.ops.l2kd.gem_project.out, (grad, mem, 0.5, 1e-3), {"out": torch.empty_like(grad)},
+                              test_utils=("test_schema", "test_faketensor"))
 
 
 @needs_compiled

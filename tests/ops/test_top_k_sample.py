@@ -37,30 +37,24 @@ PATHS = ["ref", "compiled"]
 # ----------------------------------------------------------------------------- oracle
 def filtered_probs(row, k, top_p=0.0, temperature=1.0):
     """Exact filtered distribution of one row (numpy float64), written independently."""
-    y = np.asarray(torch.as_tensor(row).float().div(temperature).tolist(), dtype=np.float64)
-    kth = np.sort(y)[::-1][k - 1]
+    y = torch.div(torch.as_tensor(row).float(), temperature).double().numpy()
+    kth = np.partition(y, len(y) - k)[len(y) - k]  # k-th largest
     keep = y >= kth
-    w = np.where(keep & np.isfinite(y), np.exp(y - y[keep].max()), 0.0)
+    w = np.zeros_like(y)
+    w[keep] = np.exp(y[keep] - y[keep].max())  # exp(-inf) = 0
     if 0.0 < top_p < 1.0:
-        order = sorted(np.flatnonzero(keep), key=lambda i: (-y[i], i))
-        p = w / w.sum()
-        before = 0.0
-        nucleus = np.zeros_like(keep)
-        for i in order:
-            if before <= top_p:
-                nucleus[i] = True
-            before += p[i]
-        w = np.where(nucleus, w, 0.0)
+        idx = np.flatnonzero(keep)
+        order = idx[np.lexsort((idx, -y[idx]))]  # value descending, index ascending
+        p = w[order] / w.sum()
+        before = np.concatenate(([0.0], np.cumsum(p)[:-1]))
+        w[order[before > top_p]] = 0.0
     return w / w.sum()
 
 
 def allowed_ids(x, k, top_p, temperature, slack=1e-4):
     """Boolean [B, V]: ids an exact sampler may return (nucleus boundary loosened by slack)."""
-    rows = []
-    for r in x:
-        p = filtered_probs(r, k, min(top_p + slack, 0.99999) if top_p > 0 else 0.0, temperature)
-        rows.append(p > 0)
-    return np.stack(rows)
+    tp = min(top_p + slack, 0.99999) if top_p > 0 else 0.0
+    return np.stack([filtered_probs(r, k, tp, temperature) > 0 for r in x])
 
 
 # ----------------------------------------------------------------------------- invariants
@@ -74,8 +68,8 @@ def test_ids_in_kept_set(path, dtype):
             for k in sorted({min(kk, V) for kk in (1, 2, 20, V)}):
                 for top_p, temp in ((0.0, 1.0), (0.5, 0.7), (0.9, 1.3)):
                     x = (torch.randn(B, V, generator=g) * 3).to(dtype)
-                    if V == 50257 and k == V and top_p > 0:
-                        continue  # the oracle's python sort is slow; covered at V=1000
+                    if V == 50257 and k == V and top_p > 0 and path == "ref":
+                        continue  # the reference sorts the full row: slow, covered at V=1000
                     ids = sample(x, k, top_p, temp, g)
                     assert ids.shape == (B,) and ids.dtype == torch.long
                     ok = allowed_ids(x, k, top_p, temp)
@@ -254,10 +248,9 @@ def test_core_op_checks():
 @needs_compiled
 def test_opcheck_cpu():
     g = torch.Generator().manual_seed(9)
-    for dtype in DTYPES:
-        x = torch.randn(5, 37, generator=g).to(dtype)
-        u = torch.rand(5, generator=g)
-        torch.library.opcheck(torch.ops.l2kd.top_k_sample.default, (x, 4, 0.9, 0.7, u))
+    x = torch.randn(5, 37, generator=g).to(torch.bfloat16)
+    u = torch.rand(5, generator=g)
+    torch.library.opcheck(torch.ops.l2kd.top_k_sample.default, (x, 4, 0.9, 0.7, u))
 
 
 @needs_compiled

@@ -1,0 +1,74 @@
+"""A tiny two-task LAMOL run on the bundled data: output layout, replay, metrics, CLI."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import pytest
+
+from l2kd.config import SamplingConfig, TrainConfig
+from l2kd.evaluate import evaluate_run
+from l2kd.train import train_sequence
+
+pytestmark = pytest.mark.slow
+
+
+def _cfg(root, data_dir, **kw):
+    base = dict(tasks=("rnnlg.rest", "rnnlg.tv"), data_dir=data_dir, model_dir_root=str(root),
+                model_name="tiny-gpt2", seq_train_type="lll", gen_lm_sample_percentage=0.25, learning_rate=1e-3,
+                train_batch_size=8, n_train_epochs=2, max_train_examples=24, max_test_examples=6, max_gen_len=24,
+                qa_sampling=SamplingConfig(top_k=1), quiet=True, logging_steps=2, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_lll_two_tasks_layout_and_metrics(tmp_path, data_dir):
+    cfg = _cfg(tmp_path, data_dir)
+    summary = train_sequence(cfg)
+    rdir = os.path.join(tmp_path, "tiny-gpt2", "lll", "rnnlg.rest_rnnlg.tv_0.25_3")
+    assert summary["run_dir"] == rdir
+    for t in cfg.tasks:
+        td = os.path.join(rdir, t)
+        for f in ("model-1", "model-2", "model-finish", "config.json", "l2kd_task.json"):
+            assert os.path.isfile(os.path.join(td, f)), (t, f)
+    # pseudo-samples of task 1 were generated before task 2 and written in task 1's folder
+    with open(os.path.join(rdir, "rnnlg.rest", "lm.csv")) as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["gen"] and len(rows) - 1 == 6 and all(r[0].startswith("__gen__") for r in rows[1:])
+    replay = summary["tasks"]["rnnlg.tv"]["replay"]
+    assert replay["generated"] == 6 and replay["parsed"] + replay["dropped"] == 6
+    assert summary["tasks"]["rnnlg.tv"]["replayed"] == replay["parsed"]
+    assert os.path.isfile(os.path.join(rdir, "log_train.txt"))
+    scal = [json.loads(ln) for ln in open(os.path.join(rdir, "train_scalars.jsonl"))]
+    assert scal and all("lm_loss" in r and r["loss"] == r["loss"] for r in scal)
+
+    result = evaluate_run(cfg, quiet=True)
+    assert len(result["matrix"]) == 2 and all(len(r) == 2 for r in result["matrix"])
+    assert all(0.0 <= v <= 100.0 for r in result["matrix"] for v in r)
+    for t in cfg.tasks:
+        m = json.load(open(os.path.join(rdir, t, "metrics.json")))
+        assert isinstance(m, list) and len(m) == 1 and set(m[0]) == set(cfg.tasks)
+        assert {"em", "nf1", "nem", "avg_rouge"} <= set(m[0]["rnnlg.tv"])
+        with open(os.path.join(rdir, t, "qa_rnnlg.rest_2.csv")) as f:
+            assert len(list(csv.reader(f))) == 1 + 6
+    assert "backward_transfer" in result and os.path.isfile(os.path.join(rdir, "accuracy_matrix.json"))
+
+    # a second run with the same flags reuses the finished tasks and lm.csv (no retraining)
+    again = train_sequence(cfg)
+    assert again["tasks"]["rnnlg.tv"]["seconds"] == summary["tasks"]["rnnlg.tv"]["seconds"]
+
+
+def test_cli_original_command_line(tmp_path, data_dir):
+    from l2kd import test as test_cli
+    from l2kd import train as train_cli
+
+    argv = ["--data_dir", data_dir, "--model_dir_root", str(tmp_path), "--model_name", "tiny-gpt2",
+            "--seq_train_type", "finetune", "--tasks", "rnnlg.hotel", "--n_train_epochs", "1",
+            "--train_batch_size", "8", "--max_train_examples", "16", "--max_test_examples", "4", "--top_k_qa", "1",
+            "--quiet"]
+    assert train_cli.main(argv) == 0
+    assert test_cli.main(argv) == 0
+    td = os.path.join(tmp_path, "tiny-gpt2", "finetune", "rnnlg.hotel_seed_42", "rnnlg.hotel")
+    assert os.path.isfile(os.path.join(td, "metrics.json")) and os.path.isfile(os.path.join(td, "qa_rnnlg.hotel_1.csv"))
+    assert not os.path.exists(os.path.join(td, "lm.csv"))  # finetune never replays

@@ -1,0 +1,50 @@
+"""The QA/LM loss against a hand-computed small case, and the LR schedule's formula."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from l2kd.data.qa_format import collate, encode_example
+from l2kd.losses import qa_lm_loss, token_weights
+from l2kd.schedule import LRSchedule, annealing_lr
+
+
+def test_weighted_ce_by_hand(tok_ids, tiny_model):
+    tok, ids = tok_ids
+    tiny_model.resize_token_embeddings(len(tok), mean_resizing=False)
+    tiny_model.eval()  # no dropout: both formulations must see the same network
+    ex = encode_example(tok, ids, "ab", "c", ["d e"], "rnnlg.rest", 128)
+    b = collate([ex, encode_example(tok, ids, "x", "y", [""], "rnnlg.rest", 128)], ids)
+    w = token_weights(len(tok), ids, 5.0, torch.device("cpu"))
+    qa, lm = qa_lm_loss(tiny_model, b.qa_input, b.qa_target, b.lm_input, b.lm_target, w)
+    # hand formula: full logits, every target != -1, sum_i w[y_i] * -log p(y_i) / sum_i w[y_i]
+    for loss, inp, tgt in ((qa, b.qa_input, b.qa_target), (lm, b.lm_input, b.lm_target)):
+        logp = torch.log_softmax(tiny_model(inp).logits, -1).detach()
+        num = den = 0.0
+        for r in range(tgt.shape[0]):
+            for t in range(tgt.shape[1]):
+                y = int(tgt[r, t])
+                if y != -1:
+                    num += float(w[y]) * -float(logp[r, t, y])
+                    den += float(w[y])
+        assert math.isclose(float(loss), num / den, rel_tol=1e-5)
+    # __ans__ is an LM target (weight 5); it is never a QA target
+    assert (b.lm_target == ids.ans).any() and not (b.qa_target == ids.ans).any()
+
+
+def test_original_annealing_lr():
+    # warmup 10 examples, end 1000: first update lr 0, linear decay ends at lr*warmup/end
+    assert annealing_lr(0, 1.0, 10, 1000) == 0.0
+    assert annealing_lr(5, 1.0, 10, 1000) == 0.5
+    assert math.isclose(annealing_lr(1000, 1.0, 10, 1000), 10 / 1000)
+    assert annealing_lr(500, 2.0, 0, 1000, "constant") == 2.0
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    s = LRSchedule(opt, 1.0, n_examples=200, epochs=5, n_steps=100, warmup_ratio=0.005)
+    assert (s.warmup, s.end) == (1, 1000)  # counted in examples, as the original
+    assert s.apply() == 0.0
+    s.advance(16)
+    assert math.isclose(s.apply(), (1000 - 15) / 1000)
+    t = LRSchedule(opt, 1.0, n_examples=200, epochs=5, n_steps=100, warmup_ratio=0.0, textbook=True)
+    t.clock = 100
+    assert t.lr() == 0.0
