@@ -44,7 +44,11 @@ def _extensions():
     except ImportError:  # metadata-only operations (e.g. sdist without torch)
         return [], {}
 
+    from packaging.version import Version
+
     debug = _flag("L2KD_DEBUG")
+    # torch >= 2.14 headers require C++20; older ones build as C++17 (CUDA 12 / older gcc users).
+    std = "-std=c++20" if Version(torch.__version__.split("+")[0]) >= Version("2.14") else "-std=c++17"
     cpp_sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cu"), recursive=True))
     want_cuda = not _flag("L2KD_CPU_ONLY") and (
@@ -52,12 +56,12 @@ def _extensions():
     )
 
     cxx = ["-O0", "-g"] if debug else ["-O3"]
-    cxx += ["-std=c++17", "-fopenmp", "-Wall", "-Werror", "-Wno-unknown-pragmas"]
+    cxx += [std, "-fopenmp", "-Wall", "-Werror", "-Wno-unknown-pragmas"]
     if not debug and not _flag("L2KD_PORTABLE") and _host_has_avx2_fma():
         # at::vec::Vectorized picks its AVX2 specialisation from CPU_CAPABILITY_AVX2.
         cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DL2KD_AVX2=1"]
     nvcc = ["-O0", "-g", "-G"] if debug else ["-O3"]
-    nvcc += ["-std=c++17", "--expt-relaxed-constexpr", "-Werror=all-warnings", "-Xcompiler=-Wall"]
+    nvcc += [std, "--expt-relaxed-constexpr", "-Werror=all-warnings", "-Xcompiler=-Wall"]
 
     include_dirs = [os.path.join(ROOT, "csrc")]
     kwargs = dict(

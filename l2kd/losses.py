@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from l2kd.data.qa_format import IGNORE
+from l2kd.ops.linear_cross_entropy import linear_cross_entropy
 from l2kd.tokenizer import SpecialIds
 
 
@@ -48,13 +49,27 @@ def weighted_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
     return F.cross_entropy(logits.float(), target, weight=w)
 
 
+def head_ce(model: PreTrainedModel, input_ids: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+            chunked: bool = True) -> torch.Tensor:
+    """Weighted-mean cross-entropy of the LM head on the positions that have a target.
+
+    ``chunked`` uses :func:`l2kd.ops.linear_cross_entropy` (no ``[N, V]`` logits, same value
+    and gradients); otherwise the eager logits + ``F.cross_entropy``.
+    """
+    head = model.get_output_embeddings()
+    if chunked and getattr(head, "bias", None) is None:
+        mask = target != IGNORE
+        h = hidden_states(model, input_ids)[mask]
+        return linear_cross_entropy(h, head.weight, target[mask], weight)
+    logits, tgt, _ = selected_logits(model, input_ids, target)
+    return weighted_ce(logits, tgt, weight)
+
+
 def qa_lm_loss(model: PreTrainedModel, qa_input: torch.Tensor, qa_target: torch.Tensor,
                lm_input: Optional[torch.Tensor], lm_target: Optional[torch.Tensor],
-               weight: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+               weight: torch.Tensor, chunked: bool = True) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """QA loss and (when ``lm_input`` is given) LM loss, each a weighted-mean cross-entropy."""
-    logits, tgt, _ = selected_logits(model, qa_input, qa_target)
-    qa = weighted_ce(logits, tgt, weight)
+    qa = head_ce(model, qa_input, qa_target, weight, chunked)
     if lm_input is None:
         return qa, None
-    logits, tgt, _ = selected_logits(model, lm_input, lm_target)
-    return qa, weighted_ce(logits, tgt, weight)
+    return qa, head_ce(model, lm_input, lm_target, weight, chunked)

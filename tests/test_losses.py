@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from l2kd.data.qa_format import collate, encode_example
@@ -10,14 +11,15 @@ from l2kd.losses import qa_lm_loss, token_weights
 from l2kd.schedule import LRSchedule, annealing_lr
 
 
-def test_weighted_ce_by_hand(tok_ids, tiny_model):
+@pytest.mark.parametrize("chunked", [True, False])
+def test_weighted_ce_by_hand(tok_ids, tiny_model, chunked):
     tok, ids = tok_ids
     tiny_model.resize_token_embeddings(len(tok), mean_resizing=False)
     tiny_model.eval()  # no dropout: both formulations must see the same network
     ex = encode_example(tok, ids, "ab", "c", ["d e"], "rnnlg.rest", 128)
     b = collate([ex, encode_example(tok, ids, "x", "y", [""], "rnnlg.rest", 128)], ids)
     w = token_weights(len(tok), ids, 5.0, torch.device("cpu"))
-    qa, lm = qa_lm_loss(tiny_model, b.qa_input, b.qa_target, b.lm_input, b.lm_target, w)
+    qa, lm = qa_lm_loss(tiny_model, b.qa_input, b.qa_target, b.lm_input, b.lm_target, w, chunked=chunked)
     # hand formula: full logits, every target != -1, sum_i w[y_i] * -log p(y_i) / sum_i w[y_i]
     for loss, inp, tgt in ((qa, b.qa_input, b.qa_target), (lm, b.lm_input, b.lm_target)):
         logp = torch.log_softmax(tiny_model(inp).logits, -1).detach()
@@ -48,3 +50,25 @@ def test_original_annealing_lr():
     t = LRSchedule(opt, 1.0, n_examples=200, epochs=5, n_steps=100, warmup_ratio=0.0, textbook=True)
     t.clock = 100
     assert t.lr() == 0.0
+
+
+@pytest.mark.parametrize("n, chunk", [(1, 4), (37, 8), (64, 256)])
+def test_chunked_linear_ce_matches_eager(n, chunk):
+    from l2kd.ops.linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_ref
+
+    g = torch.Generator().manual_seed(n)
+    h = torch.randn(n, 16, generator=g, requires_grad=True)
+    w = torch.randn(1001, 16, generator=g, requires_grad=True)
+    y = torch.randint(0, 1001, (n,), generator=g)
+    cw = torch.ones(1001)
+    cw[3] = 5.0
+    y[0] = 3
+    outs = []
+    for fn in (linear_cross_entropy_ref, lambda *a: linear_cross_entropy(*a, chunk=chunk)):
+        loss = fn(h, w, y, cw)
+        (loss * 3.0).backward()  # grad_output != 1
+        outs.append((loss.detach(), h.grad.clone(), w.grad.clone()))
+        h.grad = w.grad = None
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert float(linear_cross_entropy(h[:0], w, y[:0], cw)) == 0.0

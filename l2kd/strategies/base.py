@@ -56,7 +56,8 @@ class Strategy:
              ) -> Tuple[torch.Tensor, Dict[str, float]]:
         """The loss to minimise on ``batch`` and the scalars to log."""
         lm_in = batch.lm_input if self.uses_lm_loss else None
-        qa, lm = qa_lm_loss(model, batch.qa_input, batch.qa_target, lm_in, batch.lm_target, weight)
+        qa, lm = qa_lm_loss(model, batch.qa_input, batch.qa_target, lm_in, batch.lm_target, weight,
+                            chunked=ctx.cfg.use_kernels)
         if lm is None:
             return qa, {"qa_loss": qa.item()}
         return qa + ctx.cfg.lm_lambda * lm, {"qa_loss": qa.item(), "lm_loss": lm.item()}

@@ -1,0 +1,92 @@
+"""LM head + class-weighted cross-entropy, chunked over rows, never holding ``[N, V]`` logits.
+
+``linear_cross_entropy(h, weight, target, class_weight)`` equals
+``F.cross_entropy(h @ weight.T, target, weight=class_weight)`` (the weighted mean LAMOL uses:
+``sum_i w[y_i] * nll_i / sum_i w[y_i]``) and its gradients w.r.t. ``h`` and ``weight``.
+
+The forward pass computes the loss *and* both gradients chunk by chunk: for each block of
+rows it forms the logits (one GEMM), turns them in place into ``w[y]/den * (softmax - onehot)``
+and accumulates ``grad_h = G @ W`` and ``grad_W += G^T @ h`` (two GEMMs). Only one
+``[chunk, V]`` block is alive at a time; backward scales the saved gradients by the upstream
+gradient. All in ATen calls (the GEMMs dominate; the per-element work is three in-place
+passes over a block instead of the eager path's log-softmax, NLL, their backward and the
+full-size temporaries).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def linear_cross_entropy_ref(h: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+                             class_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Eager reference: full logits, then ``F.cross_entropy`` (fp32)."""
+    logits = (h @ weight.t()).float()
+    cw = class_weight[: logits.shape[-1]] if class_weight is not None else None
+    return F.cross_entropy(logits, target, weight=cw)
+
+
+class _ChunkedLinearCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, weight, target, class_weight, chunk: int, need_grad_h: bool, need_grad_w: bool):
+        n, v = h.shape[0], weight.shape[0]
+        wy = class_weight[target].float() if class_weight is not None else torch.ones(n, device=h.device)
+        den = wy.sum()
+        scale = wy / den  # per-row factor of the weighted mean
+        w32 = weight.float()
+        h32 = h.float()
+        grad_h = torch.empty_like(h32) if need_grad_h else None
+        grad_w = torch.zeros_like(w32) if need_grad_w else None
+        loss = torch.zeros((), dtype=torch.float32, device=h.device)
+        for s in range(0, n, chunk):
+            e = min(s + chunk, n)
+            hc, yc, sc = h32[s:e], target[s:e], scale[s:e]
+            logits = hc @ w32.t()  # [c, V]
+            rows = torch.arange(e - s, device=h.device)
+            picked = logits[rows, yc]
+            m = logits.amax(dim=1, keepdim=True)
+            logits.sub_(m).exp_()
+            z = logits.sum(dim=1, keepdim=True)
+            lse = m.squeeze(1) + z.squeeze(1).log()
+            loss += (sc * (lse - picked)).sum()
+            if grad_h is None and grad_w is None:
+                continue
+            logits.mul_(sc[:, None] / z)  # scale * softmax
+            logits[rows, yc] -= sc  # - scale * onehot
+            if grad_h is not None:
+                torch.mm(logits, w32, out=grad_h[s:e])
+            if grad_w is not None:
+                grad_w.addmm_(logits.t(), hc)
+        ctx.save_for_backward(grad_h if grad_h is not None else torch.empty(0),
+                              grad_w if grad_w is not None else torch.empty(0))
+        ctx.flags = (need_grad_h, need_grad_w, h.dtype, weight.dtype)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        need_h, need_w, h_dtype, w_dtype = ctx.flags
+        gh = (grad_h * grad_out).to(h_dtype) if need_h else None
+        gw = (grad_w * grad_out).to(w_dtype) if need_w else None
+        return gh, gw, None, None, None, None, None
+
+
+def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+                         class_weight: Optional[torch.Tensor] = None, chunk: int = 256) -> torch.Tensor:
+    """Weighted-mean cross-entropy of ``h @ weight.T`` against ``target``, chunked over rows.
+
+    h: ``[N, H]``; weight: ``[V, H]`` (the LM head / tied embedding); target: ``[N]`` int64 in
+    ``[0, V)`` (no ignored rows: select them before); class_weight: ``[>=V]`` or None.
+    Returns an fp32 scalar (0 when N == 0). Gradients flow to ``h`` and ``weight``.
+    """
+    if h.dim() != 2 or weight.dim() != 2 or h.shape[1] != weight.shape[1]:
+        raise ValueError(f"linear_cross_entropy: h {tuple(h.shape)} and weight {tuple(weight.shape)} "
+                         "must be [N, H] and [V, H]")
+    if target.shape != (h.shape[0],):
+        raise ValueError(f"linear_cross_entropy: target {tuple(target.shape)} must be [N] = [{h.shape[0]}]")
+    if h.shape[0] == 0:
+        return (h.sum() + weight.sum()) * 0.0
+    return _ChunkedLinearCE.apply(h, weight, target, class_weight, int(chunk),
+                                  h.requires_grad, weight.requires_grad)

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's virtual environment and install l2kd with its compiled
+# extension. Needs only python3 (3.9+). VENV overrides the location (default ./.venv).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${VENV:-.venv}"
+PY="${PYTHON:-python3}"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[l2kd] creating virtual environment $VENV"
+  "$PY" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
+# CPU build of torch (pinned: an unpinned torch pulls a multi-GB CUDA build).
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+  echo "[l2kd] installing torch 2.13.0 (CPU)"
+  "${PIP[@]}" "torch==2.13.0"
+fi
+"${PIP[@]}" "setuptools>=68" wheel ninja packaging
+# The extension is built against the installed torch, hence --no-build-isolation.
+stamp="$VENV/.l2kd-installed"
+if [ ! -f "$stamp" ] || [ -n "$(find setup.py pyproject.toml csrc -newer "$stamp" 2>/dev/null | head -1)" ]; then
+  echo "[l2kd] installing l2kd and building its C++ extension (about 2 minutes on 2 cores)"
+  "${PIP[@]}" --no-build-isolation -e ".[test]"
+  touch "$stamp"
+fi
