@@ -68,6 +68,10 @@ class TrainConfig:
     distil: bool = False
     seq_distil: bool = False
     temperature_kd: float = 2.0
+    ref1: bool = False  # Seq-KD file named "ref1" instead of "distil" (the original's --ref1)
+    teacher_dir: str = ""  # explicit teacher folder; "" = search, then train
+    teacher_n_train_epochs: int = 0  # 0 = n_train_epochs
+    teacher_learning_rate: float = 0.0  # 0 = learning_rate
     # runtime
     device: str = "auto"
     fp32: bool = False

@@ -105,6 +105,11 @@ def build_parser(prog: str = "l2kd.train") -> argparse.ArgumentParser:
                         "mismatch)")
     g.add_argument("--no_kernels", action="store_true", help="use the pure-PyTorch reference ops")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--teacher_dir", type=str, default="",
+                   help="folder of the L2KD teachers (<dir>/<task>/model-finish); default: search where the "
+                        "original looks, then under --model_dir_root, and train missing teachers")
+    g.add_argument("--teacher_n_train_epochs", type=int, default=0, help="teacher epochs (0 = --n_train_epochs)")
+    g.add_argument("--teacher_learning_rate", type=float, default=0.0, help="teacher lr (0 = --learning_rate)")
     return p
 
 
@@ -147,6 +152,8 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
         ("--max_train_examples", args.max_train_examples >= 0, "must be >= 0"),
         ("--max_test_examples", args.max_test_examples >= 0, "must be >= 0"),
         ("--cpu_batch_tokens", args.cpu_batch_tokens >= 64, "must be >= 64"),
+        ("--teacher_n_train_epochs", args.teacher_n_train_epochs >= 0, "must be >= 0"),
+        ("--teacher_learning_rate", args.teacher_learning_rate >= 0, "must be >= 0"),
     ]
     for flag, ok, why in checks:
         if not ok:
@@ -155,6 +162,8 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
         parser.error("--real_sample only applies to --seq_train_type lll")
     if args.seq_train_type in ("multitask", "multilm") and (args.distil or args.seq_distil):
         parser.error(f"--distil/--seq_distil are not supported with --seq_train_type {args.seq_train_type}")
+    if args.teacher_dir and not os.path.isdir(args.teacher_dir):
+        parser.error(f"--teacher_dir: {args.teacher_dir!r} is not a directory")
     if not os.path.isdir(args.data_dir):
         parser.error(f"--data_dir: {args.data_dir!r} is not a directory")
     if args.device != "auto" and not (args.device == "cpu" or args.device.startswith("cuda")):

@@ -24,6 +24,7 @@ from l2kd.config import SamplingConfig, TrainConfig
 from l2kd.data.qa_format import Encoded, collate, encode_example
 from l2kd.data.squad import load_squad_file
 from l2kd.data.tasks import task_file
+from l2kd.distillation import ensure_distil_data
 from l2kd.io_utils import atomic_torch_save, atomic_write_json
 from l2kd.losses import token_weights
 from l2kd.model import context_length, load_base_model, resize_for_tokenizer
@@ -93,9 +94,9 @@ def precision_context(device: torch.device, cfg: TrainConfig):
 
 
 def load_task_examples(cfg: TrainConfig, task: str, split: str, tok, ids, max_len: int,
-                       limit: int = 0) -> List[Encoded]:
-    """Read and encode one task's split; ``--seq_distil`` reads the ``distil`` file for training."""
-    path = task_file(cfg.data_dir, task, split)
+                       limit: int = 0, path: Optional[str] = None) -> List[Encoded]:
+    """Read and encode one task's split (or the file ``path``, e.g. Seq-KD data)."""
+    path = path or task_file(cfg.data_dir, task, split)
     raw = load_squad_file(path, task)
     if limit:
         raw = raw[:limit]
@@ -169,10 +170,14 @@ def train_sequence(cfg: TrainConfig, strategy: Optional[Strategy] = None) -> Dic
         tdir = task_dir(rdir, cfg.seq_train_type, stage[0])
         ids = add_special_tokens(tok, seen, cfg.add_task_tokens, cfg.use_sep)
         resize_for_tokenizer(model, len(tok))
-        train_ex = [e for t in stage for e in load_task_examples(cfg, t, "train", tok, ids, max_len,
-                                                                  cfg.max_train_examples)]
         name = "+".join(stage)
-        if is_finished(tdir) or (cfg.skip_tasks and set(stage) <= set(cfg.skip_tasks)):
+        finished = is_finished(tdir)
+        train_ex = []
+        for t in stage:
+            # Seq-KD trains on the teacher's decoded answers (built once, then reused)
+            src = ensure_distil_data(cfg, t, device) if cfg.seq_distil and not finished else None
+            train_ex += load_task_examples(cfg, t, "train", tok, ids, max_len, cfg.max_train_examples, src)
+        if finished or (cfg.skip_tasks and set(stage) <= set(cfg.skip_tasks)):
             load_task_model(model, tdir)
             log.info("[%s] model-finish found in %s: loaded, not retrained", name, tdir)
             with open(os.path.join(tdir, "l2kd_task.json")) as f:
@@ -310,7 +315,8 @@ def config_from_args(args) -> TrainConfig:
         qa_sampling=SamplingConfig(args.top_k_qa, args.top_p_qa, args.temperature_qa, use_k),
         max_gen_len=args.max_gen_len, test_batch_size=args.test_batch_size, test_all=args.test_all,
         reg_lambda=args.reg_lambda, qp_margin=args.qp_margin, distil=args.distil, seq_distil=args.seq_distil,
-        temperature_kd=args.temperature_kd, device=args.device, fp32=args.fp32, bf16_cpu=args.bf16_cpu,
+        temperature_kd=args.temperature_kd, ref1=args.ref1, teacher_dir=args.teacher_dir,
+        teacher_n_train_epochs=args.teacher_n_train_epochs, teacher_learning_rate=args.teacher_learning_rate, device=args.device, fp32=args.fp32, bf16_cpu=args.bf16_cpu,
         use_kernels=use_k, logging_steps=args.logging_steps, quiet=args.quiet,
         skip_tasks=tuple(args.skip_tasks or ()), test_training_set=args.test_training_set,
     )

@@ -4,10 +4,16 @@ from __future__ import annotations
 from l2kd.config import TrainConfig
 from l2kd.strategies.base import Sequential, Strategy, TaskContext
 from l2kd.strategies.lamol import LAMOL, MultiLM
+from l2kd.strategies.word_kd import WordKD
 
 
 def make_strategy(cfg: TrainConfig) -> Strategy:
-    """The strategy for ``cfg.seq_train_type``."""
+    """The strategy for ``cfg.seq_train_type``, wrapped in Word-KD with ``--distil``."""
+    base = _base_strategy(cfg)
+    return WordKD(base) if cfg.distil else base
+
+
+def _base_strategy(cfg: TrainConfig) -> Strategy:
     t = cfg.seq_train_type
     if t == "lll":
         return LAMOL()
@@ -18,4 +24,4 @@ def make_strategy(cfg: TrainConfig) -> Strategy:
     raise NotImplementedError(f"--seq_train_type {t} is not available yet in l2kd")
 
 
-__all__ = ["Strategy", "Sequential", "TaskContext", "LAMOL", "MultiLM", "make_strategy"]
+__all__ = ["Strategy", "Sequential", "TaskContext", "LAMOL", "MultiLM", "WordKD", "make_strategy"]

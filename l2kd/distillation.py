@@ -1,0 +1,139 @@
+"""L2KD teachers and Seq-KD data.
+
+A teacher of task t is a single-task LAMOL model (``lll`` on ``[t]``, QA + LM loss, no
+replay). l2kd looks for one, in order (DESIGN.md "Teachers"):
+
+1. ``--teacher_dir`` (a folder with ``<t>/model-finish`` or ``model-finish`` itself),
+2. where the original hard-codes it: ``models/<model>/lll/<t>_0.2/<t>/`` relative to the
+   working directory (logged when used),
+3. under the run's model root, in l2kd's layout: ``<root>/<model>/lll/<t>_0.2_<seed>/<t>/``,
+
+and trains it there (same hyper-parameters unless ``--teacher_*`` overrides) when none exists.
+
+Seq-KD replaces a task's gold training answers by the teacher's greedy decodes. The file is
+named as the original expected it (``str.replace("train", "distil")`` on the file name:
+``<t>_to_squad-distil-v2.0.json``), written beside the data, or in the teacher's folder when
+the data folder is read-only, and reused when it exists.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Optional
+
+import torch
+
+from l2kd.config import SamplingConfig, TrainConfig
+from l2kd.data.squad import QAExample, load_squad_file, write_squad_file
+from l2kd.data.tasks import task_file
+from l2kd.model import model_from_task_dir
+from l2kd.settings import run_dir
+
+log = logging.getLogger("l2kd")
+TEACHER_PCT = 0.2  # the original's teacher folder name hard-codes 0.2
+
+
+def teacher_config(cfg: TrainConfig, task: str) -> TrainConfig:
+    """The single-task LAMOL configuration of ``task``'s teacher."""
+    return dataclasses.replace(
+        cfg, tasks=(task,), seq_train_type="lll", gen_lm_sample_percentage=TEACHER_PCT, distil=False,
+        seq_distil=False, n_train_epochs=cfg.teacher_n_train_epochs or cfg.n_train_epochs,
+        learning_rate=cfg.teacher_learning_rate or cfg.learning_rate, teacher_dir="", skip_tasks=(),
+    )
+
+
+def _model_tag(model_name: str) -> str:
+    return os.path.basename(os.path.normpath(model_name)) if os.path.isdir(model_name) else model_name
+
+
+def find_teacher(cfg: TrainConfig, task: str) -> Optional[str]:
+    """The folder holding ``task``'s teacher ``model-finish``, or None when there is none yet."""
+    candidates = []
+    if cfg.teacher_dir:
+        candidates += [os.path.join(cfg.teacher_dir, task), cfg.teacher_dir]
+    candidates.append(os.path.join("models", _model_tag(cfg.model_name), "lll", f"{task}_{TEACHER_PCT}", task))
+    tcfg = teacher_config(cfg, task)
+    candidates.append(os.path.join(run_dir(tcfg.model_dir_root, tcfg.model_name, "lll", [task], TEACHER_PCT,
+                                           tcfg.seed), task))
+    for d in candidates:
+        if os.path.isfile(os.path.join(d, "model-finish")) and os.path.isfile(os.path.join(d, "config.json")):
+            return d
+    if cfg.teacher_dir:
+        raise FileNotFoundError(f"--teacher_dir {cfg.teacher_dir}: no model-finish for task {task} "
+                                f"(looked in {candidates[0]} and {candidates[1]})")
+    return None
+
+
+def ensure_teacher(cfg: TrainConfig, task: str) -> str:
+    """Find ``task``'s teacher, training it first when none exists; return its folder."""
+    found = find_teacher(cfg, task)
+    if found:
+        log.info("[%s] teacher: %s", task, found)
+        return found
+    from l2kd.train import setup_logging, train_sequence
+
+    tcfg = teacher_config(cfg, task)
+    log.info("[%s] no teacher found: training a single-task teacher (%d epochs)", task, tcfg.n_train_epochs)
+    summary = train_sequence(tcfg)
+    student_run = run_dir(cfg.model_dir_root, cfg.model_name, cfg.seq_train_type, list(cfg.tasks),
+                          cfg.gen_lm_sample_percentage, cfg.seed)
+    setup_logging(os.path.join(student_run, "log_train.txt"), cfg.quiet)  # back to the student's log
+    return os.path.join(summary["run_dir"], task)
+
+
+def load_teacher(tdir: str, device: torch.device) -> torch.nn.Module:
+    """The teacher model in eval mode, frozen."""
+    from l2kd.train import load_task_model
+
+    model = model_from_task_dir(tdir)
+    load_task_model(model, tdir)
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def distil_file_path(cfg: TrainConfig, task: str, teacher_dir: str) -> str:
+    """``<task>_to_squad-distil-v2.0.json`` beside the data, or in the teacher folder if read-only."""
+    src = task_file(cfg.data_dir, task, "train")
+    name = os.path.basename(src).replace("train", "ref1" if cfg.ref1 else "distil")
+    beside = os.path.join(os.path.dirname(src), name)
+    if os.access(os.path.dirname(src) or ".", os.W_OK):
+        return beside
+    return os.path.join(teacher_dir, name)
+
+
+def ensure_distil_data(cfg: TrainConfig, task: str, device: torch.device) -> str:
+    """Path of ``task``'s Seq-KD training file, building it with the teacher when missing."""
+    src = task_file(cfg.data_dir, task, "train")
+    beside = os.path.join(os.path.dirname(src), os.path.basename(src).replace("train", "ref1" if cfg.ref1 else "distil"))
+    if os.path.isfile(beside):
+        log.info("[%s] Seq-KD data: reusing %s", task, beside)
+        return beside
+    teacher_dir = ensure_teacher(cfg, task)
+    path = distil_file_path(cfg, task, teacher_dir)
+    if os.path.isfile(path):
+        log.info("[%s] Seq-KD data: reusing %s", task, path)
+        return path
+    from l2kd.evaluate import predict
+    from l2kd.tokenizer import add_special_tokens, load_base_tokenizer
+    from l2kd.data.qa_format import encode_example
+    from l2kd.model import context_length
+
+    raw = load_squad_file(task_file(cfg.data_dir, task, "train"), task)
+    if cfg.max_train_examples:
+        raw = raw[: cfg.max_train_examples]
+    tok = load_base_tokenizer(cfg.model_name)
+    ids = add_special_tokens(tok, [task], cfg.add_task_tokens, cfg.use_sep)
+    teacher = load_teacher(teacher_dir, device)
+    max_len = context_length(teacher)
+    enc = [encode_example(tok, ids, ex.context, ex.question, ex.answers, task, max_len) for ex in raw]
+    log.info("[%s] Seq-KD: decoding %d training answers with the teacher (greedy)", task, len(enc))
+    preds = predict(teacher, tok, enc, ids.eos, ids.pad, SamplingConfig(top_k=1, use_kernels=cfg.use_kernels),
+                    None, max_len, 64)
+    out = [QAExample(context=ex.context, question=ex.question, answers=[p], qa_id=ex.qa_id, task=task)
+           for ex, p in zip(raw, preds)]
+    write_squad_file(path, out)
+    log.info("[%s] Seq-KD data written to %s", task, path)
+    return path

@@ -1,0 +1,86 @@
+"""Word-KD (``--distil``): the current task's rows learn the teacher's soft targets.
+
+For rows of the current task the QA and LM cross-entropies are replaced by
+``T^2 * KL(softmax(t/T) || softmax(s/T))`` averaged over their target positions
+(:func:`l2kd.ops.kd_loss`); replayed pseudo-sample rows keep the weighted cross-entropy; a
+batch without pseudo-samples is pure KD (ORIGINAL.md 6). The LM part (lll only) is weighted
+by ``lm_lambda``. Non-lll strategies distil the QA loss only. The teacher is a single-task
+model of the current task (:mod:`l2kd.distillation`); its vocabulary may lack later task
+tokens: inputs are clamped to its vocabulary and its distribution widened by its last
+column, as the original does.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from transformers import PreTrainedModel
+
+from l2kd.data.qa_format import IGNORE, Batch, Encoded
+from l2kd.distillation import ensure_teacher, load_teacher
+from l2kd.losses import hidden_states
+from l2kd.ops import kd_loss, kd_loss_ref
+from l2kd.ops.linear_cross_entropy import linear_cross_entropy
+from l2kd.strategies.base import Strategy, TaskContext
+
+
+class WordKD(Strategy):
+    """Wraps a base strategy (LAMOL or finetune) and distils the current task from its teacher."""
+
+    def __init__(self, base: Strategy) -> None:
+        self.base = base
+        self.name = f"{base.name}+word_kd"
+        self.uses_lm_loss = base.uses_lm_loss
+        self.teacher: Optional[PreTrainedModel] = None
+
+    def before_task(self, ctx: TaskContext, model: PreTrainedModel) -> List[Encoded]:
+        extra = self.base.before_task(ctx, model)
+        (task,) = ctx.tasks
+        self.teacher = load_teacher(ensure_teacher(ctx.cfg, task), ctx.device)
+        ctx.stats["teacher"] = task
+        return extra
+
+    def _part(self, model, inp: torch.Tensor, tgt: torch.Tensor, current: torch.Tensor, weight: torch.Tensor,
+              cfg) -> torch.Tensor:
+        has_t = tgt != IGNORE
+        kd_rows = has_t & current[:, None]
+        ce_rows = has_t & ~current[:, None]
+        h = hidden_states(model, inp)
+        head = model.get_output_embeddings()
+        loss = h.new_zeros((), dtype=torch.float32)
+        if kd_rows.any():
+            s_logits = head(h[kd_rows])
+            with torch.no_grad():
+                t_vocab = self.teacher.get_output_embeddings().weight.shape[0]
+                th = hidden_states(self.teacher, inp.clamp(max=t_vocab - 1))
+                t_logits = self.teacher.get_output_embeddings()(th[kd_rows])
+            kd = kd_loss if cfg.use_kernels else kd_loss_ref
+            loss = loss + kd(s_logits, t_logits.to(s_logits.dtype), None, cfg.temperature_kd)
+        if ce_rows.any():
+            loss = loss + linear_cross_entropy(h[ce_rows], head.weight, tgt[ce_rows], weight)
+        return loss
+
+    def loss(self, model: PreTrainedModel, batch: Batch, weight: torch.Tensor, ctx: TaskContext
+             ) -> Tuple[torch.Tensor, Dict[str, float]]:
+        current = ~batch.is_pseudo
+        qa = self._part(model, batch.qa_input, batch.qa_target, current, weight, ctx.cfg)
+        if not self.uses_lm_loss:
+            return qa, {"qa_kd_loss": qa.item()}
+        lm = self._part(model, batch.lm_input, batch.lm_target, current, weight, ctx.cfg)
+        return qa + ctx.cfg.lm_lambda * lm, {"qa_kd_loss": qa.item(), "lm_kd_loss": lm.item()}
+
+    def after_backward(self, model: PreTrainedModel, ctx: TaskContext) -> None:
+        self.base.after_backward(model, ctx)
+
+    def after_step(self, model: PreTrainedModel, lr: float, ctx: TaskContext) -> None:
+        self.base.after_step(model, lr, ctx)
+
+    def after_task(self, ctx: TaskContext, model: PreTrainedModel) -> None:
+        self.base.after_task(ctx, model)
+        self.teacher = None
+
+    def state_dict(self) -> dict:
+        return self.base.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.base.load_state_dict(state)
