@@ -65,6 +65,7 @@ class TrainConfig:
     # regularisers / GEM / distillation
     reg_lambda: float = 1.0
     qp_margin: float = 0.5
+    reg_anchor: str = "initial"  # EWC/MAS anchor: initial (original: weights before task 1) | previous (textbook)
     distil: bool = False
     seq_distil: bool = False
     temperature_kd: float = 2.0

@@ -105,6 +105,9 @@ def build_parser(prog: str = "l2kd.train") -> argparse.ArgumentParser:
                         "mismatch)")
     g.add_argument("--no_kernels", action="store_true", help="use the pure-PyTorch reference ops")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--reg_anchor", choices=["initial", "previous"], default="initial",
+                   help="EWC/MAS pull towards the weights before the first task (initial, as the original) or "
+                        "after the previous task (previous, as the papers)")
     g.add_argument("--teacher_dir", type=str, default="",
                    help="folder of the L2KD teachers (<dir>/<task>/model-finish); default: search where the "
                         "original looks, then under --model_dir_root, and train missing teachers")

@@ -179,6 +179,9 @@ def train_sequence(cfg: TrainConfig, strategy: Optional[Strategy] = None) -> Dic
             train_ex += load_task_examples(cfg, t, "train", tok, ids, max_len, cfg.max_train_examples, src)
         if finished or (cfg.skip_tasks and set(stage) <= set(cfg.skip_tasks)):
             load_task_model(model, tdir)
+            state_path = os.path.join(tdir, "strategy_state.pt")
+            if os.path.isfile(state_path):  # importances / memories saved with the task's model
+                strategy.load_state_dict(torch.load(state_path, map_location=device, weights_only=False))
             log.info("[%s] model-finish found in %s: loaded, not retrained", name, tdir)
             with open(os.path.join(tdir, "l2kd_task.json")) as f:
                 summary["tasks"][name] = json.load(f)
@@ -314,7 +317,7 @@ def config_from_args(args) -> TrainConfig:
         lm_sampling=SamplingConfig(args.top_k_lm, args.top_p_lm, args.temperature_lm, use_k),
         qa_sampling=SamplingConfig(args.top_k_qa, args.top_p_qa, args.temperature_qa, use_k),
         max_gen_len=args.max_gen_len, test_batch_size=args.test_batch_size, test_all=args.test_all,
-        reg_lambda=args.reg_lambda, qp_margin=args.qp_margin, distil=args.distil, seq_distil=args.seq_distil,
+        reg_lambda=args.reg_lambda, qp_margin=args.qp_margin, reg_anchor=args.reg_anchor, distil=args.distil, seq_distil=args.seq_distil,
         temperature_kd=args.temperature_kd, ref1=args.ref1, teacher_dir=args.teacher_dir,
         teacher_n_train_epochs=args.teacher_n_train_epochs, teacher_learning_rate=args.teacher_learning_rate, device=args.device, fp32=args.fp32, bf16_cpu=args.bf16_cpu,
         use_kernels=use_k, logging_steps=args.logging_steps, quiet=args.quiet,
