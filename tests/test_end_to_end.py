@@ -72,3 +72,31 @@ def test_cli_original_command_line(tmp_path, data_dir):
     td = os.path.join(tmp_path, "tiny-gpt2", "finetune", "rnnlg.hotel_seed_42", "rnnlg.hotel")
     assert os.path.isfile(os.path.join(td, "metrics.json")) and os.path.isfile(os.path.join(td, "qa_rnnlg.hotel_1.csv"))
     assert not os.path.exists(os.path.join(td, "lm.csv"))  # finetune never replays
+
+
+def test_multitask_writes_into_run_dir_and_real_sample(tmp_path, data_dir):
+    cfg = _cfg(tmp_path, data_dir, seq_train_type="multitask", n_train_epochs=1, max_train_examples=8)
+    summary = train_sequence(cfg)
+    rdir = os.path.join(tmp_path, "tiny-gpt2", "multitask", "rnnlg.rest_rnnlg.tv_seed_3")
+    assert summary["run_dir"] == rdir and os.path.isfile(os.path.join(rdir, "model-finish"))
+    assert summary["tasks"]["rnnlg.rest+rnnlg.tv"]["examples"] == 16
+    res = evaluate_run(cfg, quiet=True)
+    assert len(res["matrix"]) == 1 and "backward_transfer" not in res
+
+    cfg = _cfg(tmp_path, data_dir, real_sample=True, n_train_epochs=1, max_train_examples=8)
+    summary = train_sequence(cfg)
+    rep = summary["tasks"]["rnnlg.tv"]["replay"]
+    assert rep["source"] == "real" and rep["parsed"] == 2  # ceil(0.25 * 8) // 1 real examples replayed
+
+
+def test_local_model_directory(tmp_path, data_dir, base_tok):
+    """--model_name <dir>: weights and tokenizer from a local directory (as a user's GPT-2 download)."""
+    from l2kd.model import load_base_model
+
+    d = tmp_path / "my-gpt2"
+    load_base_model("tiny-gpt2", 0).save_pretrained(d)
+    base_tok.save_pretrained(d)
+    cfg = _cfg(tmp_path / "out", data_dir, model_name=str(d), tasks=("rnnlg.rest",), n_train_epochs=1,
+               max_train_examples=8)
+    summary = train_sequence(cfg)
+    assert summary["run_dir"] == os.path.join(tmp_path, "out", "my-gpt2", "lll", "rnnlg.rest_0.25_3")
