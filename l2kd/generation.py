@@ -65,7 +65,7 @@ def _generate_batch(model, prompts, limits, eos_id, pad_id, cfg, generator, devi
     cache_arg = _cache_kwarg(model)
     alive = torch.arange(b, device=device)  # rows of the original batch still generating
     out = model.base_model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-    past, h = out.past_key_values, out.last_hidden_state[:, -1]
+    past, h = getattr(out, cache_arg), out.last_hidden_state[:, -1]
     last_pos = pos[:, -1]
     step = 0
     while alive.numel():
@@ -93,4 +93,4 @@ def _generate_batch(model, prompts, limits, eos_id, pad_id, cfg, generator, devi
         last_pos = last_pos + 1
         out = model.base_model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos[:, None],
                                use_cache=True, **{cache_arg: past})
-        past, h = out.past_key_values, out.last_hidden_state[:, -1]
+        past, h = getattr(out, cache_arg), out.last_hidden_state[:, -1]

@@ -277,7 +277,9 @@ def _append_jsonl(path: str, rec: Dict[str, object]) -> None:
 def save_task_outputs(model, tok, tdir: str, info: Dict[str, object], strategy: Strategy) -> None:
     """config.json, tokenizer files, strategy state, summary, and ``model-finish`` last
     (atomically): a folder with ``model-finish`` is a finished task."""
-    model.config.to_json_file(os.path.join(tdir, "config.json"))
+    # config.json + model.safetensors + tokenizer files: the folder loads with plain
+    # transformers (GPT2LMHeadModel.from_pretrained(tdir)); model-finish stays the original's file.
+    model.save_pretrained(tdir, safe_serialization=True)
     tok.save_pretrained(tdir)
     state = strategy.state_dict()
     if state:

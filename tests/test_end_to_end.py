@@ -100,3 +100,18 @@ def test_local_model_directory(tmp_path, data_dir, base_tok):
                max_train_examples=8)
     summary = train_sequence(cfg)
     assert summary["run_dir"] == os.path.join(tmp_path, "out", "my-gpt2", "lll", "rnnlg.rest_0.25_3")
+
+
+def test_task_folder_loads_with_plain_transformers(tmp_path, data_dir):
+    import torch
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    cfg = _cfg(tmp_path, data_dir, tasks=("rnnlg.rest",), n_train_epochs=1, max_train_examples=8)
+    summary = train_sequence(cfg)
+    td = os.path.join(summary["run_dir"], "rnnlg.rest")
+    model = GPT2LMHeadModel.from_pretrained(td)
+    tok = AutoTokenizer.from_pretrained(td)
+    assert tok.convert_tokens_to_ids("__ans__") == 50257 and tok.convert_tokens_to_ids("__gen__") == 50260
+    state = torch.load(os.path.join(td, "model-finish"), weights_only=True)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
