@@ -47,8 +47,8 @@ def _extensions():
     from packaging.version import Version
 
     debug = _flag("L2KD_DEBUG")
-    # torch >= 2.14 headers require C++20; older ones build as C++17 (CUDA 12 / older gcc users).
-    std = "-std=c++20" if Version(torch.__version__.split("+")[0]) >= Version("2.14") else "-std=c++17"
+    # torch >= 2.13 headers need C++20 (bit-field initialisers); older ones build as C++17 (CUDA 12 / older gcc users).
+    std = "-std=c++20" if Version(torch.__version__.split("+")[0]) >= Version("2.13") else "-std=c++17"
     cpp_sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cu"), recursive=True))
     want_cuda = not _flag("L2KD_CPU_ONLY") and (

@@ -6,7 +6,10 @@ copy the memories and gradient to CPU float64 numpy, ``M M^T``, ``quadprog.solve
 without quadprog, the package's exact active-set solve on the same fp64 matrices; the table
 says which), then ``M^T v + g`` in numpy and back to a float32 tensor.
 
-Fused: ``gem_project`` (one fp64 Gram pass, exact small solve, one update pass).
+Fused: ``gem_project`` (one fp64 Gram pass, exact small solve, one update pass), timed twice:
+functional (allocates a fresh ``[P]`` output every call) and ``out=`` a preallocated buffer
+(what ``out=grad``, the original's in-place write, costs; on machines where first-touch page
+faults are slow the allocation alone can cost more than the passes).
 
 Floor: bytes that must move / CPU_BANDWIDTH_GBPS: violated ``(2t+2) P * 4`` (read G, g twice,
 write out once), not violated ``(t+1) P * 4`` (read G and g once; the fused op's copy of g is
@@ -104,6 +107,8 @@ def main() -> None:
                 assert err < 1e-5, f"fused and original disagree: rel err {err:.2e} (P={P}, t={t})"
                 base = time_fn(lambda: original_step(grad, mem), device, warmup=1, reps=reps)
                 fused = time_fn(lambda: gem_project(grad, mem), device, warmup=1, reps=reps)
+                buf = torch.empty_like(grad).zero_()
+                fused_out = time_fn(lambda: gem_project(grad, mem, out=buf), device, warmup=1, reps=reps)
                 floor_bytes = (2 * t + 2 if violated else t + 1) * P * 4
                 floor_ms = floor_bytes / (CPU_BANDWIDTH_GBPS * 1e9) * 1e3
                 rec = {
@@ -117,17 +122,26 @@ def main() -> None:
                     "orig_p20": base["p20_ms"],
                     "orig_p80": base["p80_ms"],
                     "speedup": base["median_ms"] / fused["median_ms"],
+                    "out_ms": fused_out["median_ms"],
+                    "out_p20": fused_out["p20_ms"],
+                    "out_p80": fused_out["p80_ms"],
+                    "speedup_out": base["median_ms"] / fused_out["median_ms"],
                     "floor_ms": floor_ms,
                     "fused/floor": fused["median_ms"] / floor_ms,
+                    "out/floor": fused_out["median_ms"] / floor_ms,
                     "orig_MB": peak_mb(lambda: original_step(grad, mem), device),
                     "fused_MB": peak_mb(lambda: gem_project(grad, mem), device),
                     "rel_err": err,
                 }
                 records.append(rec)
                 sync(device)
-                del grad, mem, ref, out
+                del grad, mem, ref, out, buf
     print_table(records, ["P", "t", "case", "orig_ms", "orig_p20", "orig_p80", "fused_ms", "fused_p20", "fused_p80",
-                          "speedup", "floor_ms", "fused/floor", "orig_MB", "fused_MB"])
+                          "speedup", "out_ms", "out_p20", "out_p80", "speedup_out", "floor_ms", "fused/floor",
+                          "out/floor", "orig_MB", "fused_MB"])
+    print("speedup = orig/fused (functional, allocates its output); speedup_out = orig/fused with out= a "
+          "preallocated buffer; floor = bytes / bandwidth (module docstring). Timings are wall clock: on a "
+          "shared, loaded machine they include time the process waited for a core.")
     path = write_results("gem_project", device, records,
                          {"quick": args.quick, "baseline_solver": SOLVER, "margin": 0.5, "eps": 1e-3,
                           "dtype": "float32", "bandwidth_gbps": CPU_BANDWIDTH_GBPS})

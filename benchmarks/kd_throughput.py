@@ -71,12 +71,23 @@ def run_step_bench(device: torch.device, batch: int, seq: int, reps: int, warmup
         first[name] = make_step(student, teacher, opt, ids, mask, fn)().item()
     assert abs(first["eager"] - first["fused"]) <= 1e-4 * abs(first["eager"]), first
 
-    records = []
+    steps = {}
     for name, fn in impls.items():
         student = tiny_gpt2(2, device).train()
         opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
-        step = make_step(student, teacher, opt, ids, mask, fn)
-        tm = time_fn(step, device, warmup=warmup, reps=reps)
+        steps[name] = make_step(student, teacher, opt, ids, mask, fn)
+        for _ in range(warmup):
+            steps[name]()
+    # interleave the implementations round by round, so a change of machine load hits both alike
+    times: Dict[str, List[float]] = {name: [] for name in impls}
+    for _ in range(reps):
+        for name, step in steps.items():
+            times[name].append(time_fn(step, device, warmup=0, reps=1)["median_ms"])
+    records = []
+    for name, step in steps.items():
+        ts = sorted(times[name])
+        q = lambda f: ts[min(len(ts) - 1, int(round(f * (len(ts) - 1))))]  # noqa: E731
+        tm = {"median_ms": q(0.5), "p20_ms": q(0.2), "p80_ms": q(0.8)}
         peak = peak_extra_memory_mb(step, device) if with_memory else float("nan")
         records.append({"impl": name, "batch": batch, "seq": seq, **tm,
                         "tokens_per_s": batch * seq / (tm["median_ms"] / 1e3), "peak_mb": peak})

@@ -11,6 +11,7 @@
 // and writes out = g + G^T v in fp64, rounded to grad's dtype.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -44,6 +45,21 @@ void check_inputs(const at::Tensor& grad, const at::Tensor& memory_grads, double
               "gem_project: grad must be float32, float16, bfloat16 or float64, got ", st);
   TORCH_CHECK(std::isfinite(margin), "gem_project: margin must be finite, got ", margin);
   TORCH_CHECK(std::isfinite(eps) && eps >= 0.0, "gem_project: eps must be finite and >= 0, got ", eps);
+}
+
+void check_out(const at::Tensor& grad, const at::Tensor& memory_grads, const at::Tensor& out) {
+  TORCH_CHECK(out.dim() == 1 && out.size(0) == grad.size(0), "gem_project: out must have shape [", grad.size(0),
+              "], got ", out.sizes());
+  TORCH_CHECK(out.is_contiguous(), "gem_project: out must be contiguous");
+  TORCH_CHECK(out.scalar_type() == grad.scalar_type(), "gem_project: out (", out.scalar_type(),
+              ") must have grad's dtype (", grad.scalar_type(), ")");
+  TORCH_CHECK(out.device() == grad.device(), "gem_project: out (", out.device(), ") must be on grad's device (",
+              grad.device(), ")");
+  const auto with_grad = at::get_overlap_status(out, grad);
+  TORCH_CHECK(with_grad == at::MemOverlapStatus::No || with_grad == at::MemOverlapStatus::Full,
+              "gem_project: out must be grad itself or not overlap it");
+  TORCH_CHECK(at::get_overlap_status(out, memory_grads) == at::MemOverlapStatus::No,
+              "gem_project: out must not overlap memory_grads");
 }
 
 // Turn a non-success status of the small step into an error; returns true when out must be
@@ -80,6 +96,23 @@ template <>
 inline double from_d<double>(double x) {
   return x;
 }
+
+// dst[0:m] = src[0:m] as fp64 (exact for every supported dtype).
+template <typename T>
+inline void convert_row(const T* src, double* dst, int64_t m) {
+  for (int64_t k = 0; k < m; ++k) dst[k] = to_d(src[k]);
+}
+#if defined(L2KD_AVX2) && L2KD_AVX2
+template <>
+inline void convert_row<float>(const float* src, double* dst, int64_t m) {
+  int64_t k = 0;
+  for (; k + 8 <= m; k += 8) {
+    _mm256_storeu_pd(dst + k, _mm256_cvtps_pd(_mm_loadu_ps(src + k)));
+    _mm256_storeu_pd(dst + k + 4, _mm256_cvtps_pd(_mm_loadu_ps(src + k + 4)));
+  }
+  for (; k < m; ++k) dst[k] = static_cast<double>(src[k]);
+}
+#endif
 
 // s = {a0.b0, a0.b1, a1.b0, a1.b1} over m8 (a multiple of 8) doubles.
 inline void tile2x2(const double* a0, const double* a1, const double* b0, const double* b1, int64_t m8,
@@ -142,7 +175,7 @@ void gram_block(const T* G, const T* g, int t, int64_t P, int64_t begin, int64_t
     for (int r = 0; r < n; ++r) {
       const T* src = (r < t ? G + static_cast<int64_t>(r) * P : g) + c0;
       double* dst = buf + r * C;
-      for (int64_t k = 0; k < m; ++k) dst[k] = to_d(src[k]);
+      convert_row(src, dst, m);
       for (int64_t k = m; k < m8; ++k) dst[k] = 0.0;
     }
     for (int I = 0; I < npad / 2; ++I) {
@@ -197,17 +230,19 @@ void update_cpu(const T* G, const T* g, const double* v, int t, int64_t P, T* ou
   });
 }
 
-at::Tensor gem_project_cpu(const at::Tensor& grad, const at::Tensor& memory_grads, double margin, double eps) {
-  check_inputs(grad, memory_grads, margin, eps);
-  TORCH_CHECK(grad.device().is_cpu(), "gem_project: CPU kernel called with grad on ", grad.device());
+// Writes the result into out (contiguous [P], grad's dtype); out may be grad itself (in-place
+// projection, as the original): pass 2 reads g[p] before writing out[p], and the copy is
+// skipped when nothing is violated.
+void gem_project_cpu_into(const at::Tensor& grad, const at::Tensor& memory_grads, double margin, double eps,
+                          at::Tensor& out) {
   const at::Tensor g = grad.contiguous();
   const at::Tensor G = memory_grads.contiguous();
   const int t = static_cast<int>(G.size(0));
   const int64_t P = g.size(0);
-  at::Tensor out = at::empty_like(g, at::MemoryFormat::Contiguous);
+  const bool same = out.data_ptr() == g.data_ptr();
   if (t == 0 || P == 0) {
-    out.copy_(g);
-    return out;
+    if (!same) out.copy_(g);
+    return;
   }
   const int n = t + 1;
   std::vector<double> gram(static_cast<size_t>(packed_size(n)));
@@ -222,7 +257,23 @@ at::Tensor gem_project_cpu(const at::Tensor& grad, const at::Tensor& memory_grad
                            out.mutable_data_ptr<scalar_t>());
     }
   });
-  if (!project) out.copy_(g);
+  if (!project && !same) out.copy_(g);
+}
+
+at::Tensor gem_project_cpu(const at::Tensor& grad, const at::Tensor& memory_grads, double margin, double eps) {
+  check_inputs(grad, memory_grads, margin, eps);
+  TORCH_CHECK(grad.device().is_cpu(), "gem_project: CPU kernel called with grad on ", grad.device());
+  at::Tensor out = at::empty({grad.size(0)}, grad.options().memory_format(at::MemoryFormat::Contiguous));
+  gem_project_cpu_into(grad, memory_grads, margin, eps, out);
+  return out;
+}
+
+at::Tensor& gem_project_out_cpu(const at::Tensor& grad, const at::Tensor& memory_grads, double margin, double eps,
+                                at::Tensor& out) {
+  check_inputs(grad, memory_grads, margin, eps);
+  check_out(grad, memory_grads, out);
+  TORCH_CHECK(grad.device().is_cpu(), "gem_project: CPU kernel called with grad on ", grad.device());
+  gem_project_cpu_into(grad, memory_grads, margin, eps, out);
   return out;
 }
 
@@ -232,6 +283,11 @@ at::Tensor gem_project_cpu(const at::Tensor& grad, const at::Tensor& memory_grad
 
 TORCH_LIBRARY_FRAGMENT(l2kd, m) {
   m.def("gem_project(Tensor grad, Tensor memory_grads, float margin, float eps) -> Tensor");
+  // out may be grad itself: the in-place projection of the original (documented in gem_project.py).
+  m.def("gem_project.out(Tensor grad, Tensor memory_grads, float margin, float eps, *, Tensor(a!) out) -> Tensor(a!)");
 }
 
-TORCH_LIBRARY_IMPL(l2kd, CPU, m) { m.impl("gem_project", &l2kd::gem::gem_project_cpu); }
+TORCH_LIBRARY_IMPL(l2kd, CPU, m) {
+  m.impl("gem_project", &l2kd::gem::gem_project_cpu);
+  m.impl("gem_project.out", &l2kd::gem::gem_project_out_cpu);
+}

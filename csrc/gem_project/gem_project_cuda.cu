@@ -25,6 +25,7 @@ namespace gem {
 // Defined in gem_project.cpp.
 void check_inputs(const at::Tensor& grad, const at::Tensor& memory_grads, double margin, double eps);
 bool handle_status(int status, double eps);
+void check_out(const at::Tensor& grad, const at::Tensor& memory_grads, const at::Tensor& out);
 
 namespace {
 
@@ -134,8 +135,10 @@ __global__ void solve_kernel(const double* __restrict__ partial, int nblocks, in
 }
 
 template <typename T>
-__global__ void update_kernel(const T* __restrict__ G, const T* __restrict__ g, const double* __restrict__ v_in,
-                              int t, int64_t P, T* __restrict__ out) {
+// g and out may be the same array (in-place projection): no __restrict__ on them; each thread
+// reads g[p] before it writes out[p], and no other thread touches p.
+__global__ void update_kernel(const T* __restrict__ G, const T* g, const double* __restrict__ v_in, int t,
+                              int64_t P, T* out) {
   __shared__ double v[kMaxT];
   for (int i = threadIdx.x; i < t; i += blockDim.x) v[i] = v_in[i];
   __syncthreads();
@@ -147,18 +150,18 @@ __global__ void update_kernel(const T* __restrict__ G, const T* __restrict__ g, 
   }
 }
 
-at::Tensor gem_project_cuda(const at::Tensor& grad, const at::Tensor& memory_grads, double margin, double eps) {
-  check_inputs(grad, memory_grads, margin, eps);
-  TORCH_CHECK(grad.is_cuda(), "gem_project: CUDA kernel called with grad on ", grad.device());
+// Writes into out (contiguous [P]); out may be grad itself (see gem_project.cpp).
+void gem_project_cuda_into(const at::Tensor& grad, const at::Tensor& memory_grads, double margin, double eps,
+                           at::Tensor& out) {
   const c10::cuda::CUDAGuard guard(grad.device());
   const at::Tensor g = grad.contiguous();
   const at::Tensor G = memory_grads.contiguous();
   const int t = static_cast<int>(G.size(0));
   const int64_t P = g.size(0);
-  at::Tensor out = at::empty_like(g, at::MemoryFormat::Contiguous);
+  const bool same = out.data_ptr() == g.data_ptr();
   if (t == 0 || P == 0) {
-    out.copy_(g);
-    return out;
+    if (!same) out.copy_(g);
+    return;
   }
   const int n = t + 1;
   const int np = packed_size(n);
@@ -196,7 +199,23 @@ at::Tensor gem_project_cuda(const at::Tensor& grad, const at::Tensor& memory_gra
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
-  if (!project) out.copy_(g);
+  if (!project && !same) out.copy_(g);
+}
+
+at::Tensor gem_project_cuda(const at::Tensor& grad, const at::Tensor& memory_grads, double margin, double eps) {
+  check_inputs(grad, memory_grads, margin, eps);
+  TORCH_CHECK(grad.is_cuda(), "gem_project: CUDA kernel called with grad on ", grad.device());
+  at::Tensor out = at::empty({grad.size(0)}, grad.options().memory_format(at::MemoryFormat::Contiguous));
+  gem_project_cuda_into(grad, memory_grads, margin, eps, out);
+  return out;
+}
+
+at::Tensor& gem_project_out_cuda(const at::Tensor& grad, const at::Tensor& memory_grads, double margin, double eps,
+                                 at::Tensor& out) {
+  check_inputs(grad, memory_grads, margin, eps);
+  check_out(grad, memory_grads, out);
+  TORCH_CHECK(grad.is_cuda(), "gem_project: CUDA kernel called with grad on ", grad.device());
+  gem_project_cuda_into(grad, memory_grads, margin, eps, out);
   return out;
 }
 
@@ -204,4 +223,7 @@ at::Tensor gem_project_cuda(const at::Tensor& grad, const at::Tensor& memory_gra
 }  // namespace gem
 }  // namespace l2kd
 
-TORCH_LIBRARY_IMPL(l2kd, CUDA, m) { m.impl("gem_project", &l2kd::gem::gem_project_cuda); }
+TORCH_LIBRARY_IMPL(l2kd, CUDA, m) {
+  m.impl("gem_project", &l2kd::gem::gem_project_cuda);
+  m.impl("gem_project.out", &l2kd::gem::gem_project_out_cuda);
+}

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from l2kd.config import TrainConfig
 from l2kd.strategies.base import Sequential, Strategy, TaskContext
+from l2kd.strategies.ewc import EWC
+from l2kd.strategies.gem import GEM
 from l2kd.strategies.lamol import LAMOL, MultiLM
+from l2kd.strategies.mas import MAS
 from l2kd.strategies.word_kd import WordKD
 
 
@@ -21,7 +24,13 @@ def _base_strategy(cfg: TrainConfig) -> Strategy:
         return MultiLM()
     if t in ("finetune", "multitask"):
         return Sequential()
-    raise NotImplementedError(f"--seq_train_type {t} is not available yet in l2kd")
+    if t == "ewc":
+        return EWC()
+    if t == "mas":
+        return MAS()
+    if t == "gem":
+        return GEM()
+    raise ValueError(f"unknown --seq_train_type {t!r}")
 
 
-__all__ = ["Strategy", "Sequential", "TaskContext", "LAMOL", "MultiLM", "WordKD", "make_strategy"]
+__all__ = ["Strategy", "Sequential", "TaskContext", "LAMOL", "MultiLM", "WordKD", "EWC", "MAS", "GEM", "make_strategy"]

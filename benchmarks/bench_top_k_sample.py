@@ -1,0 +1,106 @@
+"""Benchmark l2kd.ops.top_k_sample: fused kernel vs LAMOL's formulation (the reference).
+
+Reference = ``top_k_sample_ref``: torch.topk + masking (+ stable sort / cumsum for top_p)
++ softmax + multinomial. Fused = the compiled op (uniforms drawn with torch.rand included).
+Grid: B in {1, 16, 64}, V = 50257, k = 20, top_p in {0, 0.9}, fp32 (+ an fp16 row).
+Floor = bytes that must be read (B * V * element size) / CPU_BANDWIDTH_GBPS (GPU: not computed).
+
+    python benchmarks/bench_top_k_sample.py [--quick] [--device cpu|cuda] [--threads N]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+from benchmarks.common import (  # noqa: E402
+    CPU_BANDWIDTH_GBPS,
+    peak_extra_memory_mb,
+    print_table,
+    time_fn,
+    write_results,
+)
+from l2kd.ops import has_compiled  # noqa: E402
+from l2kd.ops.top_k_sample import top_k_sample, top_k_sample_ref  # noqa: E402
+
+
+def _support(logits: torch.Tensor, k: int, top_p: float) -> torch.Tensor:
+    """Boolean [B, V] of ids the filtered distribution can return (LAMOL/HF masking)."""
+    y = logits.float()
+    kth = torch.topk(y, k, dim=-1).values[:, -1:]
+    y = y.masked_fill(y < kth, float("-inf"))
+    if 0.0 < top_p < 1.0:
+        s, order = torch.sort(y, dim=-1, descending=True, stable=True)
+        before = torch.softmax(s, -1).cumsum(-1) - torch.softmax(s, -1)
+        s = s.masked_fill(before > top_p + 1e-4, float("-inf"))
+        y = y.scatter(-1, order, s)
+    return y > float("-inf")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer rows and repetitions")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
+    args = ap.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if not has_compiled("top_k_sample"):
+        print("l2kd._C has no top_k_sample: the 'fused' column runs the reference")
+
+    V, k = 50257, 20
+    grid = [(b, torch.float32, p) for b in ((1, 64) if args.quick else (1, 16, 64)) for p in (0.0, 0.9)]
+    grid += [(64, torch.float16, 0.0)]
+    reps = 5 if args.quick else 15
+    rows, records = [], []
+    for B, dtype, top_p in grid:
+        g = torch.Generator(device=device).manual_seed(0)
+        x = (torch.randn(B, V, device=device, generator=g) * 2).to(dtype)
+        fused = lambda: top_k_sample(x, k, top_p, 1.0, g)  # noqa: E731
+        ref = lambda: top_k_sample_ref(x, k, top_p, 1.0, g)  # noqa: E731
+        ok = _support(x, k, top_p)
+        for fn in (fused, ref):  # agreement before timing: ids in the filtered support
+            ids = fn()
+            assert ok[torch.arange(B, device=device), ids].all(), "sampled id outside the kept set"
+        tf = time_fn(fused, device, warmup=2, reps=reps)
+        tr = time_fn(ref, device, warmup=1, reps=max(3, reps // 2))
+        mf = peak_extra_memory_mb(fused, device)
+        mr = peak_extra_memory_mb(ref, device)
+        nbytes = B * V * x.element_size()
+        floor_ms = nbytes / (CPU_BANDWIDTH_GBPS * 1e9) * 1e3 if device.type == "cpu" else float("nan")
+        rec = {
+            "B": B, "V": V, "k": k, "top_p": top_p, "dtype": str(dtype).replace("torch.", ""),
+            "fused_ms": tf["median_ms"], "fused_p20_ms": tf["p20_ms"], "fused_p80_ms": tf["p80_ms"],
+            "ref_ms": tr["median_ms"], "ref_p20_ms": tr["p20_ms"], "ref_p80_ms": tr["p80_ms"],
+            "speedup": tr["median_ms"] / tf["median_ms"],
+            "fused_mem_mb": mf, "ref_mem_mb": mr,
+            "floor_ms": floor_ms, "fused_vs_floor": tf["median_ms"] / floor_ms if floor_ms == floor_ms else float("nan"),
+        }
+        records.append(rec)
+        rows.append({
+            "B": B, "dtype": rec["dtype"], "top_p": top_p,
+            "fused ms (p20-p80)": f"{tf['median_ms']:.3f} ({tf['p20_ms']:.3f}-{tf['p80_ms']:.3f})",
+            "ref ms (p20-p80)": f"{tr['median_ms']:.2f} ({tr['p20_ms']:.2f}-{tr['p80_ms']:.2f})",
+            "speedup": rec["speedup"], "floor ms": floor_ms, "x floor": rec["fused_vs_floor"],
+            "fused MB": mf, "ref MB": mr,
+        })
+    cols = ["B", "dtype", "top_p", "fused ms (p20-p80)", "ref ms (p20-p80)", "speedup", "floor ms", "x floor",
+            "fused MB", "ref MB"]
+    print(f"top_k_sample, V={V}, k={k}, device={device}, threads={torch.get_num_threads()}, "
+          f"floor at {CPU_BANDWIDTH_GBPS:g} GB/s")
+    print_table(rows, cols)
+    path = write_results(op="top_k_sample", device=device, records=records,
+                         config={"V": V, "k": k, "reps": reps, "quick": args.quick,
+                                 "bandwidth_gbps": CPU_BANDWIDTH_GBPS, "threads": torch.get_num_threads(), "compiled": has_compiled("top_k_sample")})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

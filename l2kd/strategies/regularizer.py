@@ -1,0 +1,205 @@
+"""Shared machinery of EWC and MAS (the original's ``regularizers.py``), plus the resume helpers
+GEM also uses.
+
+What the original does (ORIGINAL.md 7, same in LAMOL and L2KD):
+
+* At the end of each task, one pass over the task's training data in batches: the batch loss
+  ``L_b`` (a batch mean) is divided by the batch size ``n_b`` and back-propagated, and
+  ``f(grad)`` is summed (EWC ``f = grad**2``, MAS ``f = |grad|``); then
+  ``Omega += sum / N`` (``N`` examples). So ``Omega_task = sum_b f(grad(L_b / n_b)) / N``.
+  With one example per batch that is the papers' per-example average (empirical Fisher for
+  EWC, MAS's importance); with larger batches it is the gradient of the *batch mean*, shrunk by
+  ``1/n_b`` (``1/n_b**2`` for EWC): a quirk of the original we keep by default, since
+  ``--reg_lambda 1.0`` was tuned with it. ``importance_batch_size=1`` gives the papers' definition.
+  The model's mode is left as the loop has it (train mode, dropout on; the original's
+  ``model.eval()`` is commented out).
+* After every Adam step (the original's ``Weight_Regularized_AdamW``, a decoupled step, not a
+  loss term): ``p -= lr * 2 * reg_lambda * Omega * (p - anchor)``, i.e. the gradient of
+  ``reg_lambda * sum Omega (p - anchor)**2`` applied with plain SGD at the current lr. The
+  original applies weight decay *after* this step; torch's AdamW decays *before* its update
+  (an O(lr**2) difference). With a grad scaler, a skipped (overflowed) step still gets the pull
+  (the original skipped it too; fp16 only).
+* Anchor (``--reg_anchor``): ``initial`` (default, the original) snapshots the weights before
+  task 1 and never refreshes them (the papers anchor at the previous task's optimum);
+  ``previous`` re-snapshots after each task (textbook EWC/MAS). New token-embedding rows (tasks
+  added with ``--add_task_tokens``) get importance 0 and anchor = their current value.
+"""
+from __future__ import annotations
+
+import random
+from contextlib import nullcontext
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+
+from l2kd.batching import budget_for_device, pack_by_budget
+from l2kd.data.qa_format import Batch, Encoded, collate
+from l2kd.losses import token_weights
+from l2kd.strategies.base import Strategy, TaskContext
+
+BatchLoss = Callable[[PreTrainedModel, Batch, List[Encoded]], torch.Tensor]
+
+
+# ----------------------------------------------------------------------------- shared helpers
+def plan_batches(examples: Sequence[Encoded], ctx: TaskContext, batch_size: int = 0) -> List[List[int]]:
+    """Batches in data order (no RNG): ``batch_size``, else ``--train_batch_size``, else the
+    loop's dynamic budget for this strategy."""
+    bs = batch_size or ctx.cfg.train_batch_size
+    n = len(examples)
+    if bs > 0:
+        return [list(range(i, min(i + bs, n))) for i in range(0, n, bs)]
+    from l2kd.train import MEMORY_FACTOR  # lazy: l2kd.train imports the strategies
+
+    budget = budget_for_device(ctx.device, MEMORY_FACTOR.get(ctx.cfg.seq_train_type, 0.35), ctx.cfg.cpu_batch_tokens)
+    max_count = max(n // ctx.cfg.min_n_steps, ctx.cfg.min_batch_size)
+    return pack_by_budget(list(range(n)), [e.lm_length for e in examples], budget, max_count)
+
+
+def grad_autocast(ctx: TaskContext):
+    """Autocast for gradients computed outside the loop's grad scaler: the loop's bf16 autocast
+    when it uses one, else fp32 (fp16 without loss scaling could underflow)."""
+    from l2kd.train import precision_context
+
+    autocast, scaler = precision_context(ctx.device, ctx.cfg)
+    return nullcontext if scaler is not None else autocast
+
+
+def capture_rng(ctx: Optional[TaskContext]) -> dict:
+    """Every RNG the loop draws from, so a resumed run continues bit-identically (see
+    :func:`restore_rng`)."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if ctx is not None:
+        state["ctx_rng"] = ctx.rng.bit_generator.state
+        state["ctx_generator"] = ctx.generator.get_state()
+    return state
+
+
+def restore_rng(state: Optional[dict], ctx: Optional[TaskContext] = None) -> None:
+    """Stopgap until the loop saves RNG state with each task: ``load_state_dict`` restores the
+    global RNGs at once (the loop calls it where the uninterrupted run called ``state_dict``)
+    and ``before_task`` restores the context's ``rng``/``generator`` (created by the loop, so
+    only reachable there)."""
+    if not state:
+        return
+    if ctx is None:
+        torch.set_rng_state(state["torch"])
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        return
+    if "ctx_rng" in state:
+        ctx.rng.bit_generator.state = state["ctx_rng"]
+        ctx.generator.set_state(state["ctx_generator"].to(ctx.generator.get_state().device))
+
+
+def trainable(model: PreTrainedModel):
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+# ----------------------------------------------------------------------------- EWC / MAS
+@torch.no_grad()
+def penalty_step(params: List[torch.Tensor], omega: List[torch.Tensor], anchor: List[torch.Tensor],
+                 lr: float, reg_lambda: float) -> None:
+    """``p -= lr * 2 * reg_lambda * omega * (p - anchor)`` for every parameter (in place)."""
+    diff = torch._foreach_sub(params, anchor)
+    torch._foreach_mul_(diff, omega)
+    torch._foreach_add_(params, diff, alpha=-2.0 * lr * reg_lambda)
+
+
+def compute_importance(model: PreTrainedModel, examples: Sequence[Encoded], ids, batches: List[List[int]],
+                       batch_loss: BatchLoss, kind: str, device: torch.device, autocast=nullcontext
+                       ) -> Dict[str, torch.Tensor]:
+    """``Omega_task = sum_b f(grad(L_b / n_b)) / N`` per trainable parameter (module docstring);
+    ``kind`` ``"sq"`` (EWC) or ``"abs"`` (MAS). Leaves every ``.grad`` at None."""
+    named = trainable(model)
+    params = [p for _, p in named]
+    sums = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    for idx in batches:
+        exs = [examples[i] for i in idx]
+        for p in params:
+            p.grad = None
+        with autocast():
+            loss = batch_loss(model, collate(exs, ids).to(device), exs) / len(exs)
+        loss.backward()
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        if kind == "sq":
+            torch._foreach_addcmul_(sums, grads, grads)
+        else:
+            torch._foreach_add_(sums, torch._foreach_abs(grads))
+    for p in params:
+        p.grad = None
+    n = max(len(examples), 1)
+    return {name: s / n for (name, _), s in zip(named, sums)}
+
+
+def _fit(t: torch.Tensor, p: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """``t`` moved to ``p``; rows added to ``p`` since (grown vocabulary) taken from ``fill``."""
+    t = t.to(p.device)
+    if t.shape == p.shape:
+        return t
+    if t.dim() and t.shape[1:] == p.shape[1:] and t.shape[0] < p.shape[0]:
+        return torch.cat([t, fill[t.shape[0]:].detach().to(t.dtype)])
+    raise ValueError(f"saved regularizer tensor {tuple(t.shape)} does not fit parameter {tuple(p.shape)}")
+
+
+class ImportanceRegularizer(Strategy):
+    """Plain training plus a pull towards anchor weights, weighted by per-weight importance."""
+
+    kind = "sq"
+
+    def __init__(self, importance_batch_size: int = 0):
+        self.importance_batch_size = importance_batch_size  # 0 = the training batch size (original)
+        self.omega: Dict[str, torch.Tensor] = {}
+        self.anchor: Dict[str, torch.Tensor] = {}
+        self._lists = None
+        self._ctx: Optional[TaskContext] = None
+        self._pending_rng: Optional[dict] = None
+
+    def batch_loss(self, model: PreTrainedModel, batch: Batch, examples: List[Encoded], ctx: TaskContext,
+                   weight: torch.Tensor) -> torch.Tensor:
+        """The batch-mean loss whose gradient measures importance."""
+        raise NotImplementedError
+
+    def before_task(self, ctx: TaskContext, model: PreTrainedModel) -> List[Encoded]:
+        if ctx.cfg.reg_anchor not in ("initial", "previous"):
+            raise ValueError(f"--reg_anchor must be 'initial' or 'previous', got {ctx.cfg.reg_anchor!r}")
+        restore_rng(self._pending_rng, ctx)
+        self._pending_rng, self._ctx = None, ctx
+        named = trainable(model)
+        if not self.anchor:  # weights before task 1 (both anchors; Omega is 0 during task 1)
+            self.anchor = {n: p.detach().clone() for n, p in named}
+        self.anchor = {n: _fit(self.anchor[n], p, p) for n, p in named}
+        self.omega = {n: _fit(self.omega[n], p, torch.zeros_like(p)) for n, p in named if n in self.omega}
+        self._lists = ([p for n, p in named if n in self.omega], [self.omega[n] for n, _ in named if n in self.omega],
+                       [self.anchor[n] for n, _ in named if n in self.omega])
+        return []
+
+    def after_step(self, model: PreTrainedModel, lr: float, ctx: TaskContext) -> None:
+        if self._lists and self._lists[0] and lr and ctx.cfg.reg_lambda:
+            penalty_step(*self._lists, lr, ctx.cfg.reg_lambda)
+
+    def after_task(self, ctx: TaskContext, model: PreTrainedModel) -> None:
+        weight = token_weights(len(ctx.tokenizer), ctx.ids, ctx.cfg.tokens_weight, ctx.device)
+        loss = lambda m, b, exs: self.batch_loss(m, b, exs, ctx, weight)  # noqa: E731
+        new = compute_importance(model, ctx.train_examples, ctx.ids,
+                                 plan_batches(ctx.train_examples, ctx, self.importance_batch_size),
+                                 loss, self.kind, ctx.device, grad_autocast(ctx))
+        self.omega = {n: self.omega[n] + w if n in self.omega else w for n, w in new.items()}
+        if ctx.cfg.reg_anchor == "previous":
+            self.anchor = {n: p.detach().clone() for n, p in trainable(model)}
+        self._lists = None
+        ctx.stats[f"{self.name}_importance"] = {"mean": float(sum(w.sum() for w in self.omega.values())
+                                                           / sum(w.numel() for w in self.omega.values()))}
+
+    def state_dict(self) -> dict:
+        return {"omega": self.omega, "anchor": self.anchor, "rng": capture_rng(self._ctx)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.omega, self.anchor = dict(state["omega"]), dict(state["anchor"])
+        self._pending_rng = state.get("rng")
+        restore_rng(self._pending_rng)
