@@ -28,6 +28,7 @@ from l2kd.distillation import ensure_distil_data
 from l2kd.io_utils import atomic_torch_save, atomic_write_json
 from l2kd.losses import token_weights
 from l2kd.model import context_length, load_base_model, resize_for_tokenizer
+from l2kd.rng import capture_rng, restore_rng
 from l2kd.schedule import LRSchedule
 from l2kd.settings import parse_args, run_dir, task_dir
 from l2kd.strategies import Strategy, TaskContext, make_strategy
@@ -182,6 +183,9 @@ def train_sequence(cfg: TrainConfig, strategy: Optional[Strategy] = None) -> Dic
             state_path = os.path.join(tdir, "strategy_state.pt")
             if os.path.isfile(state_path):  # importances / memories saved with the task's model
                 strategy.load_state_dict(torch.load(state_path, map_location=device, weights_only=False))
+            rng_path = os.path.join(tdir, "rng_state.pt")
+            if os.path.isfile(rng_path):  # continue the random streams where the finished task left them
+                restore_rng(torch.load(rng_path, weights_only=False), rng, generator)
             log.info("[%s] model-finish found in %s: loaded, not retrained", name, tdir)
             with open(os.path.join(tdir, "l2kd_task.json")) as f:
                 summary["tasks"][name] = json.load(f)
@@ -264,6 +268,7 @@ def _train_task(model, tok, ctx: TaskContext, strategy: Strategy, autocast, scal
     info = {"tasks": list(ctx.tasks), "epochs": epochs, "steps": step, "examples": len(data),
             "replayed": len(extra), "final_loss": losses[-1] if losses else None, "seconds": elapsed,
             "examples_per_s": len(data) * epochs / elapsed, **ctx.stats}
+    atomic_torch_save(os.path.join(ctx.task_dir, "rng_state.pt"), capture_rng(ctx.rng, ctx.generator))
     save_task_outputs(model, tok, ctx.task_dir, info, strategy)
     log.info("[%s] finished in %.0f s (%.1f examples/s)", name, elapsed, info["examples_per_s"])
     return info

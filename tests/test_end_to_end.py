@@ -115,3 +115,24 @@ def test_task_folder_loads_with_plain_transformers(tmp_path, data_dir):
     state = torch.load(os.path.join(td, "model-finish"), weights_only=True)
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), k
+
+
+def test_resume_after_first_task_is_bit_identical(tmp_path, data_dir):
+    """Kill after task 1 (simulated: delete task 2's folder and lm.csv), rerun: same task-2 model."""
+    import shutil
+
+    import torch
+
+    def run(root):
+        cfg = _cfg(root, data_dir, n_train_epochs=1, max_train_examples=16, max_gen_len=12)
+        return train_sequence(cfg)["run_dir"]
+
+    a = run(tmp_path / "a")
+    b = run(tmp_path / "b")
+    shutil.rmtree(os.path.join(b, "rnnlg.tv"))
+    os.remove(os.path.join(b, "rnnlg.rest", "lm.csv"))
+    run(tmp_path / "b")
+    sa = torch.load(os.path.join(a, "rnnlg.tv", "model-finish"), weights_only=True)
+    sb = torch.load(os.path.join(b, "rnnlg.tv", "model-finish"), weights_only=True)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert open(os.path.join(a, "rnnlg.rest", "lm.csv")).read() == open(os.path.join(b, "rnnlg.rest", "lm.csv")).read()

@@ -32,7 +32,7 @@ from l2kd.data.qa_format import Encoded, collate
 from l2kd.losses import head_ce, token_weights
 from l2kd.ops.gem_project import gem_project
 from l2kd.strategies.base import Strategy, TaskContext
-from l2kd.strategies.regularizer import capture_rng, grad_autocast, plan_batches, restore_rng
+from l2kd.strategies.regularizer import grad_autocast, plan_batches
 
 
 class GEM(Strategy):
@@ -42,16 +42,12 @@ class GEM(Strategy):
 
     def __init__(self):
         self.memories: Dict[str, List[Encoded]] = {}  # past task -> its memory (picklable)
-        self._ctx: Optional[TaskContext] = None
-        self._pending_rng: Optional[dict] = None
         self._clear()
 
     def _clear(self) -> None:
         self._batches, self._params, self._g, self._mem, self._g_views, self._row_views = [], [], None, None, [], []
 
     def before_task(self, ctx: TaskContext, model: PreTrainedModel) -> List[Encoded]:
-        restore_rng(self._pending_rng, ctx)
-        self._pending_rng, self._ctx = None, ctx
         if ctx.prev_tasks and ctx.prev_tasks[-1] not in self.memories:
             prev = ctx.prev_tasks[-1]
             data = ctx.prev_train_examples.get(prev, [])
@@ -118,9 +114,7 @@ class GEM(Strategy):
         self._clear()
 
     def state_dict(self) -> dict:
-        return {"memories": self.memories, "rng": capture_rng(self._ctx)}
+        return {"memories": self.memories}
 
     def load_state_dict(self, state: dict) -> None:
         self.memories = dict(state["memories"])
-        self._pending_rng = state.get("rng")
-        restore_rng(self._pending_rng)

@@ -66,37 +66,6 @@ def grad_autocast(ctx: TaskContext):
     return nullcontext if scaler is not None else autocast
 
 
-def capture_rng(ctx: Optional[TaskContext]) -> dict:
-    """Every RNG the loop draws from, so a resumed run continues bit-identically (see
-    :func:`restore_rng`)."""
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    if ctx is not None:
-        state["ctx_rng"] = ctx.rng.bit_generator.state
-        state["ctx_generator"] = ctx.generator.get_state()
-    return state
-
-
-def restore_rng(state: Optional[dict], ctx: Optional[TaskContext] = None) -> None:
-    """Stopgap until the loop saves RNG state with each task: ``load_state_dict`` restores the
-    global RNGs at once (the loop calls it where the uninterrupted run called ``state_dict``)
-    and ``before_task`` restores the context's ``rng``/``generator`` (created by the loop, so
-    only reachable there)."""
-    if not state:
-        return
-    if ctx is None:
-        torch.set_rng_state(state["torch"])
-        random.setstate(state["python"])
-        np.random.set_state(state["numpy"])
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
-        return
-    if "ctx_rng" in state:
-        ctx.rng.bit_generator.state = state["ctx_rng"]
-        ctx.generator.set_state(state["ctx_generator"].to(ctx.generator.get_state().device))
-
-
 def trainable(model: PreTrainedModel):
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
@@ -157,8 +126,6 @@ class ImportanceRegularizer(Strategy):
         self.omega: Dict[str, torch.Tensor] = {}
         self.anchor: Dict[str, torch.Tensor] = {}
         self._lists = None
-        self._ctx: Optional[TaskContext] = None
-        self._pending_rng: Optional[dict] = None
 
     def batch_loss(self, model: PreTrainedModel, batch: Batch, examples: List[Encoded], ctx: TaskContext,
                    weight: torch.Tensor) -> torch.Tensor:
@@ -168,8 +135,6 @@ class ImportanceRegularizer(Strategy):
     def before_task(self, ctx: TaskContext, model: PreTrainedModel) -> List[Encoded]:
         if ctx.cfg.reg_anchor not in ("initial", "previous"):
             raise ValueError(f"--reg_anchor must be 'initial' or 'previous', got {ctx.cfg.reg_anchor!r}")
-        restore_rng(self._pending_rng, ctx)
-        self._pending_rng, self._ctx = None, ctx
         named = trainable(model)
         if not self.anchor:  # weights before task 1 (both anchors; Omega is 0 during task 1)
             self.anchor = {n: p.detach().clone() for n, p in named}
@@ -197,9 +162,7 @@ class ImportanceRegularizer(Strategy):
                                                            / sum(w.numel() for w in self.omega.values()))}
 
     def state_dict(self) -> dict:
-        return {"omega": self.omega, "anchor": self.anchor, "rng": capture_rng(self._ctx)}
+        return {"omega": self.omega, "anchor": self.anchor}
 
     def load_state_dict(self, state: dict) -> None:
         self.omega, self.anchor = dict(state["omega"]), dict(state["anchor"])
-        self._pending_rng = state.get("rng")
-        restore_rng(self._pending_rng)
