@@ -71,6 +71,7 @@ class TrainConfig:
     temperature_kd: float = 2.0
     ref1: bool = False  # Seq-KD file named "ref1" instead of "distil" (the original's --ref1)
     teacher_dir: str = ""  # explicit teacher folder; "" = search, then train
+    teacher_root: str = ""  # where missing teachers are trained and looked up; "" = model_dir_root
     teacher_n_train_epochs: int = 0  # 0 = n_train_epochs
     teacher_learning_rate: float = 0.0  # 0 = learning_rate
     # runtime

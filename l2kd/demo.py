@@ -27,13 +27,23 @@ from l2kd.model import context_length, load_base_model, resize_for_tokenizer
 from l2kd.tokenizer import add_special_tokens, load_base_tokenizer
 
 CORE = ["finetune", "lll"]
+# --full: the strategies added after the core issue; name -> (seq_train_type, extra config)
+FULL = {
+    "lll+word_kd": ("lll", {"distil": True}),
+    "lll+seqkd_soft": ("lll", {"distil": True, "seq_distil": True}),
+    "ewc": ("ewc", {}),
+    "mas": ("mas", {}),
+    "gem": ("gem", {}),
+}
 
 
-def demo_config(strategy: str, args: argparse.Namespace) -> TrainConfig:
-    """The demo's run configuration for one strategy."""
+def demo_config(strategy: str, args: argparse.Namespace, seed: Optional[int] = None) -> TrainConfig:
+    """The demo's run configuration for one strategy (a CORE name or a FULL name)."""
+    seq_type, extra = FULL.get(strategy, (strategy, {}))
+    root = args.out if strategy in CORE or strategy == seq_type else os.path.join(args.out, strategy)
     return TrainConfig(
-        tasks=tuple(args.tasks), data_dir=args.data_dir, model_dir_root=args.out, model_name="tiny-gpt2",
-        seq_train_type=strategy, seed=args.seed, learning_rate=args.lr, train_batch_size=args.batch,
+        tasks=tuple(args.tasks), data_dir=args.data_dir, model_dir_root=root, model_name="tiny-gpt2",
+        seq_train_type=seq_type, seed=args.seeds[0] if seed is None else seed, teacher_root=args.out, **extra, learning_rate=args.lr, train_batch_size=args.batch,
         n_train_epochs=args.epochs, max_train_examples=args.train, max_test_examples=args.test,
         gen_lm_sample_percentage=args.pct, max_gen_len=96, qa_sampling=SamplingConfig(top_k=1),
         lm_sampling=SamplingConfig(top_k=20), logging_steps=10**9, quiet=args.quiet, device="cpu",
@@ -69,25 +79,27 @@ def _show_pseudo(summary: Dict[str, object]) -> None:
 
 def run(args: argparse.Namespace) -> Dict[str, object]:
     """Train and test each strategy; print and return the results."""
-    strategies = CORE + (args.extra or [])
+    strategies = CORE + (list(FULL) if args.full else [])
     t_start = time.time()
-    floor_cfg = demo_config("finetune", args)
+    floor_cfg = demo_config("finetune", args, args.seeds[0])
     floor = untrained_scores(floor_cfg)
     print(f"\nuntrained tiny GPT-2: " + "  ".join(f"{t}={s:.1f}" for t, s in zip(args.tasks, floor)), flush=True)
     results: Dict[str, object] = {"tasks": list(args.tasks), "untrained": floor, "strategies": {}}
     from l2kd.train import train_sequence
 
-    for strategy in strategies:
-        cfg = demo_config(strategy, args)
+    runs = [(s, seed) for s in strategies for seed in args.seeds]
+    for strategy, seed in runs:
+        cfg = demo_config(strategy, args, seed)
         t0 = time.time()
         summary = train_sequence(cfg)
         t_train = time.time() - t0
         res = evaluate_run(cfg, quiet=args.quiet)
         elapsed = time.time() - t0
-        print(f"\n== {strategy}: trained in {t_train:.0f} s, tested in {elapsed - t_train:.0f} s ==")
+        label = strategy if len(args.seeds) == 1 else f"{strategy} seed {seed}"
+        print(f"\n== {label}: trained in {t_train:.0f} s, tested in {elapsed - t_train:.0f} s ==")
         print(format_matrix(res, "score (avg ROUGE-1/2/L F1, 0-100) on each task (columns) after each task (rows)"))
         _show_pseudo(summary)
-        results["strategies"][strategy] = {
+        results["strategies"][label] = {
             "matrix": res["matrix"], "average": res.get("average"), "backward_transfer": res.get("backward_transfer"),
             "forgetting": res.get("forgetting"), "seconds": elapsed, "run_dir": summary["run_dir"],
             "replay": {k: v.get("replay") for k, v in summary["tasks"].items() if v.get("replay")},
@@ -133,24 +145,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--pct", type=float, default=0.2, help="--gen_lm_sample_percentage of the lll run")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seeds", type=int, nargs="+", default=[42], help="one run per seed and strategy")
+    p.add_argument("--full", action="store_true",
+                   help="also Word-KD, Seq-KD soft (teachers trained automatically), EWC, MAS, GEM (much longer)")
     p.add_argument("--resume", action="store_true",
                    help="reuse finished tasks of an earlier demo run under --out (default: start afresh)")
     p.add_argument("--quiet", action="store_true")
-    p.add_argument("--extra", nargs="*", default=[], help=argparse.SUPPRESS)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    if not args.resume and os.path.isdir(os.path.join(args.out, "tiny-gpt2")):
+    if not args.resume and os.path.isdir(args.out):
         import shutil
 
-        shutil.rmtree(os.path.join(args.out, "tiny-gpt2"))
+        for name in ["tiny-gpt2", "data"] + list(FULL):
+            if os.path.isdir(os.path.join(args.out, name)):
+                shutil.rmtree(os.path.join(args.out, name))
+    strategies = CORE + (list(FULL) if args.full else [])
+    minutes = len(args.seeds) * (8 + (40 if args.full else 0)) * args.train * args.epochs * len(args.tasks) / 4800
     print(f"l2kd demo: tiny GPT-2 (2 layers, 128 dims, real 50257-token vocabulary) on "
           f"{' -> '.join(args.tasks)}, {args.train} examples x {args.epochs} epochs per task, "
-          f"strategies {', '.join(CORE + args.extra)}. Expected: about 8 minutes on 2 CPU cores.", flush=True)
+          f"strategies {', '.join(strategies)}, seeds {args.seeds}. "
+          f"Expected: about {minutes:.0f} minutes on 2 CPU cores.", flush=True)
+    if args.full:
+        # Seq-KD writes <task>_to_squad-distil-v2.0.json beside the data: use a copy, not the package's files.
+        import shutil
+
+        copy = os.path.join(args.out, "data")
+        if not os.path.isdir(copy):
+            shutil.copytree(args.data_dir, copy)
+        args.data_dir = copy
     run(args)
     return 0
 

@@ -40,6 +40,7 @@ def teacher_config(cfg: TrainConfig, task: str) -> TrainConfig:
         cfg, tasks=(task,), seq_train_type="lll", gen_lm_sample_percentage=TEACHER_PCT, distil=False,
         seq_distil=False, n_train_epochs=cfg.teacher_n_train_epochs or cfg.n_train_epochs,
         learning_rate=cfg.teacher_learning_rate or cfg.learning_rate, teacher_dir="", skip_tasks=(),
+        model_dir_root=cfg.teacher_root or cfg.model_dir_root,
     )
 
 

@@ -169,6 +169,13 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
         parser.error(f"--teacher_dir: {args.teacher_dir!r} is not a directory")
     if not os.path.isdir(args.data_dir):
         parser.error(f"--data_dir: {args.data_dir!r} is not a directory")
+    root = os.path.abspath(args.model_dir_root)
+    existing = root
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
+        parser.error(f"--model_dir_root: {args.model_dir_root!r} cannot be created or written ({existing} is not a "
+                     "writable directory)")
     if args.device != "auto" and not (args.device == "cpu" or args.device.startswith("cuda")):
         parser.error(f"--device: expected auto, cpu, cuda or cuda:N (got {args.device!r})")
     return args

@@ -36,6 +36,8 @@ from l2kd.tokenizer import add_special_tokens, load_base_tokenizer
 
 log = logging.getLogger("l2kd")
 
+MAX_BAD_STEPS = 5  # consecutive non-finite losses before a run stops
+
 # The original's per-strategy share of GPU memory for dynamic batches (K:settings.py).
 MEMORY_FACTOR = {"lll": 0.35, "multilm": 0.35, "finetune": 0.58, "multitask": 0.58, "gem": 0.50,
                  "ewc": 0.30, "mas": 0.18}
@@ -223,7 +225,7 @@ def _train_task(model, tok, ctx: TaskContext, strategy: Strategy, autocast, scal
     log.info("[%s] training on %d examples (%d replayed) for %d epochs, %d steps",
              name, len(data), len(extra), epochs, schedule.end if cfg.textbook_schedule else sum(len(p) for p in plan))
     scalars_path = os.path.join(ctx.run_dir, "train_scalars.jsonl")
-    step, tokens, losses = 0, 0, []
+    step, tokens, losses, bad_steps = 0, 0, [], 0
     t_log = time.time()
     for epoch in range(1, epochs + 1):
         bar = tqdm(plan[epoch - 1], desc=f"{name} epoch {epoch}/{epochs}", disable=cfg.quiet, leave=False,
@@ -234,7 +236,19 @@ def _train_task(model, tok, ctx: TaskContext, strategy: Strategy, autocast, scal
             with autocast():
                 loss, scal = strategy.loss(model, batch, weight, ctx)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"[{name}] non-finite loss {loss.item()} at step {step}")
+                # Skip the step (with a grad scaler this is its normal overflow path); stop after
+                # MAX_BAD_STEPS in a row, which means diverged training, not an fp16 overflow.
+                bad_steps += 1
+                log.warning("[%s] non-finite loss %s at step %d: step skipped (%d in a row)", name, loss.item(),
+                            step, bad_steps)
+                if bad_steps >= MAX_BAD_STEPS:
+                    raise FloatingPointError(
+                        f"[{name}] {bad_steps} consecutive non-finite losses (last at step {step}, epoch {epoch}): "
+                        "training diverged; lower --learning_rate or check the data. Earlier tasks' models are intact.")
+                if scaler:
+                    scaler.update(scaler.get_scale() / 2)
+                continue
+            bad_steps = 0
             optimizer.zero_grad(set_to_none=True)
             (scaler.scale(loss) if scaler else loss).backward()
             if scaler:

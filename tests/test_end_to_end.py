@@ -136,3 +136,19 @@ def test_resume_after_first_task_is_bit_identical(tmp_path, data_dir):
     sb = torch.load(os.path.join(b, "rnnlg.tv", "model-finish"), weights_only=True)
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert open(os.path.join(a, "rnnlg.rest", "lm.csv")).read() == open(os.path.join(b, "rnnlg.rest", "lm.csv")).read()
+
+
+def test_nan_loss_stops_cleanly_and_keeps_finished_tasks(tmp_path, data_dir):
+    from l2kd.strategies import Strategy
+
+    class NaNOnSecondTask(Strategy):
+        def loss(self, model, batch, weight, ctx):
+            loss, logs = super().loss(model, batch, weight, ctx)
+            return (loss * float("nan") if ctx.index == 1 else loss), logs
+
+    cfg = _cfg(tmp_path, data_dir, seq_train_type="finetune", n_train_epochs=4, max_train_examples=16)
+    with pytest.raises(FloatingPointError, match="consecutive non-finite"):
+        train_sequence(cfg, NaNOnSecondTask())
+    rdir = os.path.join(tmp_path, "tiny-gpt2", "finetune", "rnnlg.rest_rnnlg.tv_seed_3")
+    assert os.path.isfile(os.path.join(rdir, "rnnlg.rest", "model-finish"))
+    assert not os.path.exists(os.path.join(rdir, "rnnlg.tv", "model-finish"))

@@ -78,3 +78,11 @@ def test_output_layout_matches_l2kd():
     assert run_dir("m", "gpt2", "lll", ["a"], 0.05, 42).endswith("a_0.05_42")
     assert task_dir("X", "lll", "a") == os.path.join("X", "a")
     assert task_dir("X", "multitask", "a") == "X" and task_dir("X", "multilm", "a") == "X"
+
+
+def test_unwritable_model_root_is_named(tmp_path, capsys):
+    f = tmp_path / "a_file"
+    f.write_text("x")
+    with pytest.raises(SystemExit):
+        parse_args(["--data_dir", str(tmp_path), "--model_dir_root", str(f / "sub")])
+    assert "--model_dir_root" in capsys.readouterr().err
