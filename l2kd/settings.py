@@ -105,6 +105,9 @@ def build_parser(prog: str = "l2kd.train") -> argparse.ArgumentParser:
                         "mismatch)")
     g.add_argument("--no_kernels", action="store_true", help="use the pure-PyTorch reference ops")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--custom_strategy", type=str, default="",
+                   help="a user strategy, FILE.py:Class or package.module:Class (a l2kd.strategies.Strategy "
+                        "subclass); its `name` replaces --seq_train_type in the output folder")
     g.add_argument("--reg_anchor", choices=["initial", "previous"], default="initial",
                    help="EWC/MAS pull towards the weights before the first task (initial, as the original) or "
                         "after the previous task (previous, as the papers)")

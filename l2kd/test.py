@@ -17,6 +17,12 @@ from l2kd.train import config_from_args
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv, prog="python -m l2kd.test")
     cfg = config_from_args(args)
+    if args.custom_strategy:  # the output folder is named after the user strategy
+        import dataclasses
+
+        from l2kd.strategies import load_custom_strategy
+
+        cfg = dataclasses.replace(cfg, seq_train_type=load_custom_strategy(args.custom_strategy).name)
     try:
         result = evaluate_run(cfg, quiet=args.quiet)
     except (FileNotFoundError, ValueError) as exc:

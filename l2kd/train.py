@@ -31,7 +31,7 @@ from l2kd.model import context_length, load_base_model, resize_for_tokenizer
 from l2kd.rng import capture_rng, restore_rng
 from l2kd.schedule import LRSchedule
 from l2kd.settings import parse_args, run_dir, task_dir
-from l2kd.strategies import Strategy, TaskContext, make_strategy
+from l2kd.strategies import Strategy, TaskContext, load_custom_strategy, make_strategy
 from l2kd.tokenizer import add_special_tokens, load_base_tokenizer
 
 log = logging.getLogger("l2kd")
@@ -350,7 +350,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv, prog="python -m l2kd.train")
     cfg = config_from_args(args)
     try:
-        train_sequence(cfg)
+        strategy = None
+        if args.custom_strategy:
+            strategy = load_custom_strategy(args.custom_strategy)
+            cfg = dataclasses.replace(cfg, seq_train_type=strategy.name)
+        train_sequence(cfg, strategy)
     except (FileNotFoundError, ValueError) as exc:  # data errors name the file and entry
         log.error("%s", exc)
         print(f"l2kd.train: error: {exc}", file=sys.stderr)
