@@ -79,7 +79,7 @@ def _show_pseudo(summary: Dict[str, object]) -> None:
 
 def run(args: argparse.Namespace) -> Dict[str, object]:
     """Train and test each strategy; print and return the results."""
-    strategies = CORE + (list(FULL) if args.full else [])
+    strategies = args.strategies or CORE + (list(FULL) if args.full else [])
     t_start = time.time()
     floor_cfg = demo_config("finetune", args, args.seeds[0])
     floor = untrained_scores(floor_cfg)
@@ -108,9 +108,22 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         sys.stdout.flush()
     results["seconds"] = time.time() - t_start
     print_summary(results)
+    report_runs([r["run_dir"] for r in results["strategies"].values()], args.out)
     atomic_write_json(os.path.join(args.out, "demo_summary.json"), results)
     print(f"\nwrote {os.path.join(args.out, 'demo_summary.json')} ({results['seconds']:.0f} s in all)")
     return results
+
+
+def report_runs(run_dirs: List[str], out: str) -> None:
+    """The report command's comparison table (mean and std over seeds) and each run's plots."""
+    from l2kd.report import compare, format_comparison, load_run, plot_matrix, plot_task_curves
+
+    records = [load_run(d) for d in run_dirs]
+    print("\n" + format_comparison(compare(records)))
+    for rec, d in zip(records, run_dirs):
+        plot_matrix(rec, os.path.join(d, "accuracy_matrix.png"))
+        plot_task_curves(rec, os.path.join(d, "task_scores.png"))
+    print(f"plots: accuracy_matrix.png and task_scores.png in each run folder under {out}")
 
 
 def print_summary(results: Dict[str, object]) -> None:
@@ -146,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--pct", type=float, default=0.2, help="--gen_lm_sample_percentage of the lll run")
     p.add_argument("--seeds", type=int, nargs="+", default=[42], help="one run per seed and strategy")
+    p.add_argument("--strategies", nargs="+", choices=CORE + list(FULL), default=None,
+                   help="run exactly these strategies (default: finetune lll, plus the --full ones)")
     p.add_argument("--full", action="store_true",
                    help="also Word-KD, Seq-KD soft (teachers trained automatically), EWC, MAS, GEM (much longer)")
     p.add_argument("--resume", action="store_true",
@@ -163,13 +178,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for name in ["tiny-gpt2", "data"] + list(FULL):
             if os.path.isdir(os.path.join(args.out, name)):
                 shutil.rmtree(os.path.join(args.out, name))
-    strategies = CORE + (list(FULL) if args.full else [])
+    strategies = args.strategies or CORE + (list(FULL) if args.full else [])
     minutes = len(args.seeds) * (8 + (40 if args.full else 0)) * args.train * args.epochs * len(args.tasks) / 4800
     print(f"l2kd demo: tiny GPT-2 (2 layers, 128 dims, real 50257-token vocabulary) on "
           f"{' -> '.join(args.tasks)}, {args.train} examples x {args.epochs} epochs per task, "
           f"strategies {', '.join(strategies)}, seeds {args.seeds}. "
           f"Expected: about {minutes:.0f} minutes on 2 CPU cores.", flush=True)
-    if args.full:
+    if args.full or (args.strategies and set(args.strategies) - set(CORE)):
         # Seq-KD writes <task>_to_squad-distil-v2.0.json beside the data: use a copy, not the package's files.
         import shutil
 
