@@ -2,7 +2,8 @@
 
 For rows of the current task the QA and LM cross-entropies are replaced by
 ``T^2 * KL(softmax(t/T) || softmax(s/T))`` averaged over their target positions
-(:func:`l2kd.ops.kd_loss`); replayed pseudo-sample rows keep the weighted cross-entropy; a
+(:func:`l2kd.ops.kd_loss`; with ``use_kernels`` and bias-free heads,
+:func:`l2kd.ops.linear_kd_loss` fuses both LM heads with it, chunked over rows); replayed pseudo-sample rows keep the weighted cross-entropy; a
 batch without pseudo-samples is pure KD (ORIGINAL.md 6). The LM part (lll only) is weighted
 by ``lm_lambda``. Non-lll strategies distil the QA loss only. The teacher is a single-task
 model of the current task (:mod:`l2kd.distillation`); its vocabulary may lack later task
@@ -21,6 +22,7 @@ from l2kd.distillation import ensure_teacher, load_teacher
 from l2kd.losses import hidden_states
 from l2kd.ops import kd_loss, kd_loss_ref
 from l2kd.ops.linear_cross_entropy import linear_cross_entropy
+from l2kd.ops.linear_kd_loss import linear_kd_loss
 from l2kd.strategies.base import Strategy, TaskContext
 
 
@@ -49,13 +51,18 @@ class WordKD(Strategy):
         head = model.get_output_embeddings()
         loss = h.new_zeros((), dtype=torch.float32)
         if kd_rows.any():
-            s_logits = head(h[kd_rows])
+            t_head = self.teacher.get_output_embeddings()
             with torch.no_grad():
-                t_vocab = self.teacher.get_output_embeddings().weight.shape[0]
-                th = hidden_states(self.teacher, inp.clamp(max=t_vocab - 1))
-                t_logits = self.teacher.get_output_embeddings()(th[kd_rows])
-            kd = kd_loss if cfg.use_kernels else kd_loss_ref
-            loss = loss + kd(s_logits, t_logits.to(s_logits.dtype), None, cfg.temperature_kd)
+                th = hidden_states(self.teacher, inp.clamp(max=t_head.weight.shape[0] - 1))[kd_rows]
+            if cfg.use_kernels and getattr(head, "bias", None) is None and getattr(t_head, "bias", None) is None:
+                # fused heads + KD, chunked over rows: no [N, V] student or teacher logits
+                loss = loss + linear_kd_loss(h[kd_rows], head.weight, th, t_head.weight, cfg.temperature_kd)
+            else:
+                s_logits = head(h[kd_rows])
+                with torch.no_grad():
+                    t_logits = t_head(th)
+                kd = kd_loss if cfg.use_kernels else kd_loss_ref
+                loss = loss + kd(s_logits, t_logits.to(s_logits.dtype), None, cfg.temperature_kd)
         if ce_rows.any():
             loss = loss + linear_cross_entropy(h[ce_rows], head.weight, tgt[ce_rows], weight)
         return loss
