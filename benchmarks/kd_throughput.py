@@ -1,35 +1,174 @@
-"""End-to-end Word-KD throughput: fused kd_loss vs the eager formulation.
+"""Word-KD cost: the KD loss part (LM heads + KD, fwd+bwd) and a full Word-KD training step.
 
-(a) the kd_loss micro table of benchmarks/bench_kd_loss.py (fwd+bwd, V = 50257);
+(a) KD loss part, N rows, hidden H, vocab V (default 4096 x 768 x 50257, fp32), forward and
+    backward to the student hidden states and head weight; the teacher head runs under no_grad:
+      eager      full logits (h @ W^T) + log_softmax / softmax / kl_div + autograd
+      unfused_op full logits + the compiled ``l2kd.ops.kd_loss``
+      fused_head ``l2kd.ops.linear_kd_loss`` (chunked heads + kd_loss, no [N, V] logits)
+    Each variant lives in its own fresh worker process; the parent asks them for one run at
+    a time, round-robin, so a change in machine load hits all alike. Peak memory is the
+    process's resident-set high-water mark during one run minus its resident set before it
+    (``/proc/self/clear_refs`` resets the mark; without it, ``ru_maxrss`` on the first run).
 (b) tokens/s of a full Word-KD training step on a tiny GPT-2 (2 layers, 2 heads, 128 dims,
-    vocab 50261 = GPT-2 + task tokens): teacher eval forward under no_grad, student train
-    forward, KD loss on the current-task rows (mask), backward, AdamW step; once with
-    ``l2kd.ops.kd_loss`` and once with the eager ``log_softmax/softmax/kl_div`` formulation.
+    vocab 50261): teacher forward under no_grad, student forward, KD loss on the current-task
+    positions (mask), backward, AdamW step; ``eager`` (full logits + kl_div), ``fused_ops``
+    (full logits + kd_loss op), ``fused_head`` (hidden states + linear_kd_loss). Peak memory
+    here is the in-process resident-set high-water mark of one step (after warm-up).
+Goals (ratios in one run): (a) fused_head peak memory <= 1/4 of eager, (b) fused_head step
+>= 1.5x eager tokens/s on CPU. ``--kd-micro`` adds the kd_loss micro table of bench_kd_loss.
 
     python benchmarks/kd_throughput.py [--quick] [--device cpu|cuda] [--batch 8] [--seq 64]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
+import subprocess
 import sys
-from typing import Callable, Dict, List
+import time
+from typing import Callable, Dict, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
-from benchmarks.bench_kd_loss import COLUMNS as MICRO_COLUMNS  # noqa: E402
-from benchmarks.bench_kd_loss import eager_kd_loss, run_micro  # noqa: E402
-from benchmarks.common import peak_extra_memory_mb, print_table, time_fn, write_results  # noqa: E402
+from benchmarks.common import print_table, sync, time_fn, write_results  # noqa: E402
 from l2kd.ops import backend, kd_loss  # noqa: E402
+from l2kd.ops.linear_kd_loss import linear_kd_loss  # noqa: E402
 
 TEMPERATURE = 2.0
-STEP_COLUMNS = ["impl", "batch", "seq", "median_ms", "p20_ms", "p80_ms", "tokens_per_s", "speedup", "peak_mb"]
+CHUNK = 256
+LOSS_VARIANTS = ["eager", "unfused_op", "fused_head"]
+LOSS_COLUMNS = ["impl", "N", "H", "V", "median_ms", "p20_ms", "p80_ms", "gflop_s", "speedup", "peak_mb", "mem_ratio"]
+STEP_COLUMNS = ["impl", "batch", "seq", "median_ms", "p20_ms", "p80_ms", "tokens_per_s", "speedup", "peak_mb",
+                "mem_ratio"]
 
 
+# ----------------------------------------------------------------------------- memory helpers
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _reset_hwm() -> bool:
+    """Reset the resident-set high-water mark (Linux >= 4.0); False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def rss_peak_mb(fn: Callable[[], object], first: bool) -> float:
+    """Resident-set high-water mark during ``fn()`` minus the resident set before it, in MB."""
+    before = _status_kb("VmRSS")
+    if _reset_hwm():
+        fn()
+        return (_status_kb("VmHWM") - before) / 1024
+    fn()  # no reset: ru_maxrss is only meaningful the first time
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 if first else float("nan")
+
+
+def eager_kd(s: torch.Tensor, t: torch.Tensor, T: float) -> torch.Tensor:
+    """The original L2KD formulation: KLDivLoss(batchmean)(log_softmax(s/T), softmax(t/T)) * T^2."""
+    return F.kl_div(F.log_softmax(s / T, dim=-1), F.softmax(t / T, dim=-1), reduction="batchmean") * (T * T)
+
+
+# ----------------------------------------------------------------------------- (a) loss part
+def _loss_worker(variant: str, N: int, H: int, V: int) -> None:
+    """Child process: build inputs, then answer "run" lines with one timed fwd+bwd each."""
+    g = torch.Generator().manual_seed(0)
+    hs = torch.randn(N, H, generator=g).requires_grad_()
+    ws = (torch.randn(V, H, generator=g) * 0.05).requires_grad_()
+    ht = torch.randn(N, H, generator=g)
+    wt = torch.randn(V, H, generator=g) * 0.05
+
+    def run() -> torch.Tensor:
+        hs.grad = ws.grad = None
+        if variant == "fused_head":
+            loss = linear_kd_loss(hs, ws, ht, wt, TEMPERATURE, chunk=CHUNK)
+        else:
+            s = hs @ ws.t()
+            with torch.no_grad():
+                t = ht @ wt.t()
+            loss = eager_kd(s, t, TEMPERATURE) if variant == "eager" else kd_loss(s, t, None, TEMPERATURE)
+        loss.backward()
+        return loss.detach()
+
+    print(json.dumps({"ready": True}), flush=True)
+    first = True
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
+        hs.grad = ws.grad = None
+        out: Dict[str, object] = {}
+
+        def timed() -> None:
+            t0 = time.perf_counter()
+            out["loss"] = run().item()
+            out["ms"] = (time.perf_counter() - t0) * 1e3
+
+        out["peak_mb"] = rss_peak_mb(timed, first)
+        out["gh"] = hs.grad.double().norm().item()
+        out["gw"] = ws.grad.double().norm().item()
+        first = False
+        print(json.dumps(out), flush=True)
+
+
+def run_loss_bench(N: int, H: int, V: int, reps: int) -> List[Dict[str, object]]:
+    procs = {v: subprocess.Popen([sys.executable, os.path.abspath(__file__), "--_worker", v, "--N", str(N),
+                                  "--H", str(H), "--V", str(V)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 text=True) for v in LOSS_VARIANTS}
+    try:
+        for v, p in procs.items():
+            assert json.loads(p.stdout.readline()).get("ready"), v
+        results: Dict[str, List[Dict[str, float]]] = {v: [] for v in LOSS_VARIANTS}
+        for _ in range(reps + 1):  # round 0: peak memory + warm-up (and the agreement check)
+            for v, p in procs.items():
+                p.stdin.write("run\n")
+                p.stdin.flush()
+                line = p.stdout.readline()
+                if not line:
+                    raise RuntimeError(f"loss worker {v} died")
+                results[v].append(json.loads(line))
+    finally:
+        for p in procs.values():
+            try:
+                p.stdin.write("quit\n")
+                p.stdin.close()
+            except OSError:
+                pass
+            p.wait()
+    ref = results["eager"][0]
+    for v in LOSS_VARIANTS:  # agree before reading the timings
+        r = results[v][0]
+        for key in ("loss", "gh", "gw"):
+            assert abs(r[key] - ref[key]) <= 1e-4 * abs(ref[key]) + 1e-6, (v, key, r[key], ref[key])
+    flop = 4 * 2 * N * H * V  # student + teacher logits GEMMs, grad_h and grad_W GEMMs
+    records = []
+    for v in LOSS_VARIANTS:
+        ts = sorted(r["ms"] for r in results[v][1:])
+        q = lambda f: ts[min(len(ts) - 1, int(round(f * (len(ts) - 1))))]  # noqa: E731
+        peaks = [r["peak_mb"] for r in results[v] if r["peak_mb"] == r["peak_mb"]]
+        records.append({"impl": v, "N": N, "H": H, "V": V, "median_ms": q(0.5), "p20_ms": q(0.2), "p80_ms": q(0.8),
+                        "gflop_s": flop / (q(0.5) / 1e3) / 1e9, "peak_mb": max(peaks) if peaks else float("nan"),
+                        "loss": ref["loss"]})
+    for r in records:
+        r["speedup"] = records[0]["median_ms"] / r["median_ms"]
+        r["mem_ratio"] = r["peak_mb"] / records[0]["peak_mb"]
+    return records
+
+
+# ----------------------------------------------------------------------------- (b) training step
 def tiny_gpt2(seed: int, device: torch.device):
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -38,19 +177,33 @@ def tiny_gpt2(seed: int, device: torch.device):
     return GPT2LMHeadModel(cfg).to(device)
 
 
-def make_step(student, teacher, opt, ids: torch.Tensor, mask: torch.Tensor,
-              kd_fn: Callable[..., torch.Tensor]) -> Callable[[], torch.Tensor]:
+def make_step(student, teacher, opt, ids: torch.Tensor, mask: torch.Tensor, impl: str) -> Callable[[], torch.Tensor]:
+    from l2kd.losses import hidden_states
+
     def step() -> torch.Tensor:
-        with torch.no_grad():
-            t_logits = teacher(ids).logits
-        s_logits = student(ids).logits
-        loss = kd_fn(s_logits, t_logits, mask, TEMPERATURE)
+        if impl == "fused_head":
+            with torch.no_grad():
+                th = hidden_states(teacher, ids)[mask]
+            hs = hidden_states(student, ids)[mask]
+            loss = linear_kd_loss(hs, student.get_output_embeddings().weight, th,
+                                  teacher.get_output_embeddings().weight, TEMPERATURE, chunk=CHUNK)
+        else:
+            with torch.no_grad():
+                t_logits = teacher(ids).logits
+            s_logits = student(ids).logits
+            if impl == "eager":
+                loss = eager_kd(s_logits[mask], t_logits[mask], TEMPERATURE)
+            else:
+                loss = kd_loss(s_logits, t_logits, mask, TEMPERATURE)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         return loss.detach()
 
     return step
+
+
+STEP_IMPLS = ["eager", "fused_ops", "fused_head"]
 
 
 def run_step_bench(device: torch.device, batch: int, seq: int, reps: int, warmup: int,
@@ -61,25 +214,24 @@ def run_step_bench(device: torch.device, batch: int, seq: int, reps: int, warmup
     mask = torch.arange(seq)[None, :].expand(batch, seq) >= torch.randint(0, seq // 4, (batch, 1), generator=g)
     mask = mask.to(device)
     teacher = tiny_gpt2(1, device).eval()
-    impls = {"eager": eager_kd_loss, "fused": lambda s, t, m, T: kd_loss(s, t, m, T)}
-    # same starting weights for both, checked to give the same first loss
+    # same starting weights for all, checked to give the same first loss (dropout off for the check)
     first = {}
-    for name, fn in impls.items():
-        student = tiny_gpt2(2, device).train()
-        torch.manual_seed(3)  # dropout
+    for name in STEP_IMPLS:
+        student = tiny_gpt2(2, device).eval()
         opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
-        first[name] = make_step(student, teacher, opt, ids, mask, fn)().item()
-    assert abs(first["eager"] - first["fused"]) <= 1e-4 * abs(first["eager"]), first
+        first[name] = make_step(student, teacher, opt, ids, mask, name)().item()
+    for name in STEP_IMPLS:
+        assert abs(first[name] - first["eager"]) <= 1e-4 * abs(first["eager"]), first
 
     steps = {}
-    for name, fn in impls.items():
+    for name in STEP_IMPLS:
         student = tiny_gpt2(2, device).train()
         opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
-        steps[name] = make_step(student, teacher, opt, ids, mask, fn)
+        steps[name] = make_step(student, teacher, opt, ids, mask, name)
         for _ in range(warmup):
             steps[name]()
-    # interleave the implementations round by round, so a change of machine load hits both alike
-    times: Dict[str, List[float]] = {name: [] for name in impls}
+    # interleave the implementations round by round, so a change of machine load hits all alike
+    times: Dict[str, List[float]] = {name: [] for name in STEP_IMPLS}
     for _ in range(reps):
         for name, step in steps.items():
             times[name].append(time_fn(step, device, warmup=0, reps=1)["median_ms"])
@@ -88,31 +240,68 @@ def run_step_bench(device: torch.device, batch: int, seq: int, reps: int, warmup
         ts = sorted(times[name])
         q = lambda f: ts[min(len(ts) - 1, int(round(f * (len(ts) - 1))))]  # noqa: E731
         tm = {"median_ms": q(0.5), "p20_ms": q(0.2), "p80_ms": q(0.8)}
-        peak = peak_extra_memory_mb(step, device) if with_memory else float("nan")
+        peak = float("nan")
+        if with_memory and device.type == "cpu":
+            peak = rss_peak_mb(step, first=False)
+        elif with_memory:
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            step()
+            sync(device)
+            peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
         records.append({"impl": name, "batch": batch, "seq": seq, **tm,
                         "tokens_per_s": batch * seq / (tm["median_ms"] / 1e3), "peak_mb": peak})
     for r in records:
         r["speedup"] = records[0]["median_ms"] / r["median_ms"]
+        r["mem_ratio"] = r["peak_mb"] / records[0]["peak_mb"]
     return records
 
 
-def main(argv=None) -> None:
+def _goal(name: str, ok: bool, text: str) -> str:
+    return f"  goal {name}: {text} -> {'MET' if ok else 'NOT MET'}"
+
+
+def main(argv: Optional[List[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small micro grid, fewer repetitions")
+    ap.add_argument("--quick", action="store_true", help="N=512 loss part, fewer repetitions (< 2 min)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=64)
-    ap.add_argument("--skip-micro", action="store_true", help="only the training-step table")
-    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    ap.add_argument("--N", type=int, default=None, help="rows of the loss-part table (default 4096, quick 512)")
+    ap.add_argument("--H", type=int, default=768)
+    ap.add_argument("--V", type=int, default=50257)
+    ap.add_argument("--skip-loss", action="store_true", help="skip table (a)")
+    ap.add_argument("--kd-micro", action="store_true", help="also the kd_loss micro table of bench_kd_loss")
+    ap.add_argument("--no-memory", action="store_true", help="skip the step peak-memory measurement")
     ap.add_argument("--no-json", action="store_true")
+    ap.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args._worker:
+        _loss_worker(args._worker, args.N, args.H, args.V)
+        return
     device = torch.device(args.device)
-    print(f"backend={backend()} device={device} threads={torch.get_num_threads()} T={TEMPERATURE}")
+    load0 = os.getloadavg()
+    print(f"backend={backend()} device={device} threads={torch.get_num_threads()} T={TEMPERATURE} chunk={CHUNK} "
+          f"loadavg(1,5,15)={load0[0]:.2f},{load0[1]:.2f},{load0[2]:.2f}")
+
+    loss_recs: List[Dict[str, object]] = []
+    if not args.skip_loss and device.type == "cpu":
+        N = args.N or (512 if args.quick else 4096)
+        reps = 2 if args.quick else 3
+        print(f"\n(a) KD loss part fwd+bwd, N={N} H={args.H} V={args.V} fp32, worker process per variant, "
+              f"{reps} timed rounds round-robin (+1 round for memory/warm-up)")
+        loss_recs = run_loss_bench(N, args.H, args.V, reps)
+        print_table(loss_recs, LOSS_COLUMNS)
+    elif not args.skip_loss:
+        print("\n(a) skipped: the worker-process memory measurement is CPU-only")
 
     micro: List[Dict[str, object]] = []
-    if not args.skip_micro:
-        print("\n(a) kd_loss fwd+bwd micro table")
-        micro = run_micro(device, args.quick, not args.no_memory)
+    if args.kd_micro:
+        from benchmarks.bench_kd_loss import COLUMNS as MICRO_COLUMNS
+        from benchmarks.bench_kd_loss import run_micro
+
+        print("\nkd_loss fwd+bwd micro table")
+        micro = run_micro(device, args.quick, True)
         print_table(micro, MICRO_COLUMNS)
 
     print(f"\n(b) Word-KD training step, tiny GPT-2 (2x128, vocab 50261), batch {args.batch}x{args.seq} tokens")
@@ -120,11 +309,28 @@ def main(argv=None) -> None:
     steps = run_step_bench(device, args.batch, args.seq, reps, warmup, not args.no_memory)
     print_table(steps, STEP_COLUMNS)
 
+    load1 = os.getloadavg()
+    print(f"\nloadavg(1,5,15) at end = {load1[0]:.2f},{load1[1]:.2f},{load1[2]:.2f} on {os.cpu_count()} cores")
+    goals = {}
+    if loss_recs:
+        r = {x["impl"]: x for x in loss_recs}
+        goals["loss_mem_ratio"] = r["fused_head"]["peak_mb"] / r["eager"]["peak_mb"]
+        print(_goal("(a) memory", goals["loss_mem_ratio"] <= 0.25,
+                    f"fused_head / eager peak = {goals['loss_mem_ratio']:.3f} (<= 0.25)"))
+    s = {x["impl"]: x for x in steps}
+    goals["step_speedup"] = s["fused_head"]["tokens_per_s"] / s["eager"]["tokens_per_s"]
+    print(_goal("(b) step", goals["step_speedup"] >= 1.5,
+                f"fused_head / eager tokens/s = {goals['step_speedup']:.2f}x (>= 1.5x)"))
+
     if not args.no_json:
-        records = [{"table": "kd_loss", **r} for r in micro] + [{"table": "train_step", **r} for r in steps]
+        records = ([{"table": "loss_part", **r} for r in loss_recs] + [{"table": "kd_loss", **r} for r in micro]
+                   + [{"table": "train_step", **r} for r in steps])
         path = write_results("kd_throughput", device, records,
-                             {"temperature": TEMPERATURE, "batch": args.batch, "seq": args.seq, "quick": args.quick,
-                              "model": "GPT2 n_layer=2 n_head=2 n_embd=128 vocab=50261", "optimizer": "AdamW lr=1e-4"})
+                             {"temperature": TEMPERATURE, "chunk": CHUNK, "batch": args.batch, "seq": args.seq,
+                              "quick": args.quick, "loss_part": {"N": args.N or (512 if args.quick else 4096),
+                                                                 "H": args.H, "V": args.V, "dtype": "float32"},
+                              "model": "GPT2 n_layer=2 n_head=2 n_embd=128 vocab=50261", "optimizer": "AdamW lr=1e-4",
+                              "loadavg_start": load0, "loadavg_end": load1, "goals": goals})
         print(f"wrote {path}")
 
 

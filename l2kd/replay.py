@@ -21,6 +21,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
+from l2kd import distributed as dist
 from l2kd.config import SamplingConfig
 from l2kd.data.qa_format import Encoded, pseudo_from_ids
 from l2kd.generation import generate
@@ -72,27 +73,39 @@ def read_lm_csv(path: str) -> List[str]:
     return [r[0] for r in rows[1:] if r]
 
 
+def _make_or_read(model, tok, ids: SpecialIds, prev_tasks: Sequence[str], n_total: int, max_len: int,
+                  sampling: SamplingConfig, generator: torch.Generator, lm_csv_path: str, batch_size: int
+                  ) -> Tuple[List[List[int]], str]:
+    """Re-tokenize an existing ``lm.csv`` or generate the samples and write it; (seqs, source)."""
+    if os.path.isfile(lm_csv_path):
+        seqs = [tok.encode(t) for t in read_lm_csv(lm_csv_path)]
+        log.info("re-using %d pseudo-samples from %s", len(seqs), lm_csv_path)
+        return seqs, "lm.csv"
+    per = n_total // len(prev_tasks) if prev_tasks else 0
+    prompts = [[ids.gen[t]] for t in prev_tasks for _ in range(per)]
+    was_training = model.training
+    model.eval()
+    new = generate(model, prompts, [max_len - 1] * len(prompts), ids.eos, ids.pad, sampling, generator,
+                   batch_size=batch_size)
+    model.train(was_training)
+    seqs = [p + n for p, n in zip(prompts, new)]
+    write_lm_csv(lm_csv_path, [tok.decode(s) for s in seqs])
+    return seqs, "generated"
+
+
 def generate_pseudo(model, tok, ids: SpecialIds, prev_tasks: Sequence[str], n_total: int, max_len: int,
                     sampling: SamplingConfig, generator: torch.Generator, lm_csv_path: str,
                     batch_size: int = 64) -> Tuple[List[Encoded], ReplayStats, List[List[int]]]:
     """Generate (or re-read from an existing ``lm.csv``) and parse pseudo-samples of ``prev_tasks``."""
     gen_to_task = {ids.gen[t]: t for t in prev_tasks}
     stats = ReplayStats(requested=n_total)
-    if os.path.isfile(lm_csv_path):
-        seqs = [tok.encode(t) for t in read_lm_csv(lm_csv_path)]
-        stats.source = "lm.csv"
-        log.info("re-using %d pseudo-samples from %s", len(seqs), lm_csv_path)
+    if dist.is_main():
+        seqs, stats.source = _make_or_read(model, tok, ids, prev_tasks, n_total, max_len, sampling, generator,
+                                           lm_csv_path, batch_size)
     else:
-        per = n_total // len(prev_tasks) if prev_tasks else 0
-        prompts = [[ids.gen[t]] for t in prev_tasks for _ in range(per)]
-        limit = max_len - 1
-        was_training = model.training
-        model.eval()
-        new = generate(model, prompts, [limit] * len(prompts), ids.eos, ids.pad, sampling, generator,
-                       batch_size=batch_size)
-        model.train(was_training)
-        seqs = [p + n for p, n in zip(prompts, new)]
-        write_lm_csv(lm_csv_path, [tok.decode(s) for s in seqs])
+        seqs = None
+    # rank 0 generated (or read) the samples: every rank trains on the very same ones
+    seqs, stats.source = dist.broadcast((seqs, stats.source))
     examples, dropped = pseudo_from_ids(seqs, ids, gen_to_task, max_len)
     stats.generated, stats.parsed, stats.dropped = len(seqs), len(examples), dropped
     for ex in examples:

@@ -23,12 +23,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from l2kd.strategies import load_custom_strategy
 
         cfg = dataclasses.replace(cfg, seq_train_type=load_custom_strategy(args.custom_strategy).name)
+    from l2kd import distributed as dist
+
+    dist.init_from_env()
+    if not dist.is_main():  # evaluation runs on rank 0 (as the original's test, one device)
+        dist.barrier()
+        return 0
     try:
         result = evaluate_run(cfg, quiet=args.quiet)
     except (FileNotFoundError, ValueError) as exc:
         print(f"l2kd.test: error: {exc}", file=sys.stderr)
         return 1
     print(format_matrix(result, "score after each task (0-100)"))
+    dist.barrier()
     return 0
 
 

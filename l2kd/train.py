@@ -19,12 +19,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from l2kd import distributed as dist
 from l2kd.batching import budget_for_device, train_batches
 from l2kd.config import SamplingConfig, TrainConfig
 from l2kd.data.qa_format import Encoded, collate, encode_example
 from l2kd.data.squad import load_squad_file
 from l2kd.data.tasks import task_file
-from l2kd.distillation import ensure_distil_data
+from l2kd.distillation import ensure_distil_data, ensure_teacher
 from l2kd.io_utils import atomic_torch_save, atomic_write_json
 from l2kd.losses import token_weights
 from l2kd.model import context_length, load_base_model, resize_for_tokenizer
@@ -147,12 +148,13 @@ def train_sequence(cfg: TrainConfig, strategy: Optional[Strategy] = None) -> Dic
     returns a summary dict. A task whose ``model-finish`` exists is loaded, not retrained.
     """
     strategy = strategy or make_strategy(cfg)
-    device = resolve_device(cfg.device)
+    dist.init_from_env()
+    device = dist.local_device(resolve_device(cfg.device))
     seed_everything(cfg.seed)
     rdir = run_dir(cfg.model_dir_root, cfg.model_name, cfg.seq_train_type, list(cfg.tasks),
                    cfg.gen_lm_sample_percentage, cfg.seed)
     os.makedirs(rdir, exist_ok=True)
-    setup_logging(os.path.join(rdir, "log_train.txt"), cfg.quiet)
+    setup_logging(os.path.join(rdir, "log_train.txt") if dist.is_main() else None, cfg.quiet or not dist.is_main())
     log.info("run dir %s | device %s | strategy %s", rdir, device, strategy.name)
 
     tok = load_base_tokenizer(cfg.model_name)
@@ -178,7 +180,10 @@ def train_sequence(cfg: TrainConfig, strategy: Optional[Strategy] = None) -> Dic
         train_ex = []
         for t in stage:
             # Seq-KD trains on the teacher's decoded answers (built once, then reused)
-            src = ensure_distil_data(cfg, t, device) if cfg.seq_distil and not finished else None
+            src = None
+            if cfg.seq_distil and not finished:
+                ensure_teacher(cfg, t)  # every rank: training a missing teacher is collective
+                src = dist.broadcast(ensure_distil_data(cfg, t, device) if dist.is_main() else None)
             train_ex += load_task_examples(cfg, t, "train", tok, ids, max_len, cfg.max_train_examples, src)
         if finished or (cfg.skip_tasks and set(stage) <= set(cfg.skip_tasks)):
             load_task_model(model, tdir)
@@ -200,7 +205,9 @@ def train_sequence(cfg: TrainConfig, strategy: Optional[Strategy] = None) -> Dic
         for t in stage:
             prev_examples[t] = [e for e in train_ex if e.task == t]
         prev_dir = tdir
-    atomic_write_json(os.path.join(rdir, "l2kd_run.json"), summary)
+    if dist.is_main():
+        atomic_write_json(os.path.join(rdir, "l2kd_run.json"), summary)
+    dist.barrier()
     return summary
 
 
@@ -226,16 +233,17 @@ def _train_task(model, tok, ctx: TaskContext, strategy: Strategy, autocast, scal
              name, len(data), len(extra), epochs, schedule.end if cfg.textbook_schedule else sum(len(p) for p in plan))
     scalars_path = os.path.join(ctx.run_dir, "train_scalars.jsonl")
     step, tokens, losses, bad_steps = 0, 0, [], 0
+    params = [p for p in model.parameters() if p.requires_grad]
     t_log = time.time()
     for epoch in range(1, epochs + 1):
         bar = tqdm(plan[epoch - 1], desc=f"{name} epoch {epoch}/{epochs}", disable=cfg.quiet, leave=False,
                    mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
         for idx in bar:
-            batch = collate([data[i] for i in idx], ctx.ids).to(device)
+            batch = collate([data[i] for i in dist.shard(idx)], ctx.ids).to(device)
             lr = schedule.apply()
             with autocast():
                 loss, scal = strategy.loss(model, batch, weight, ctx)
-            if not torch.isfinite(loss):
+            if dist.any_rank(not torch.isfinite(loss)):
                 # Skip the step (with a grad scaler this is its normal overflow path); stop after
                 # MAX_BAD_STEPS in a row, which means diverged training, not an fp16 overflow.
                 bad_steps += 1
@@ -251,6 +259,7 @@ def _train_task(model, tok, ctx: TaskContext, strategy: Strategy, autocast, scal
             bad_steps = 0
             optimizer.zero_grad(set_to_none=True)
             (scaler.scale(loss) if scaler else loss).backward()
+            dist.average_gradients(params)
             if scaler:
                 scaler.unscale_(optimizer)
             gnorm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -273,17 +282,21 @@ def _train_task(model, tok, ctx: TaskContext, strategy: Strategy, autocast, scal
                        "grad_norm": float(gnorm), "tokens_per_s": tokens / max(dt, 1e-9), **scal}
                 log.info("[%s] %s", name, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                    for k, v in rec.items() if k != "task"))
-                _append_jsonl(scalars_path, rec)
+                if dist.is_main():
+                    _append_jsonl(scalars_path, rec)
         bar.close()
-        atomic_torch_save(os.path.join(ctx.task_dir, f"model-{epoch}"), model.state_dict())
+        if dist.is_main():
+            atomic_torch_save(os.path.join(ctx.task_dir, f"model-{epoch}"), model.state_dict())
         log.info("[%s] epoch %d done: mean loss %.4f", name, epoch, float(np.mean(losses[-len(plan[epoch - 1]):])))
     strategy.after_task(ctx, model)
     elapsed = time.time() - t0
     info = {"tasks": list(ctx.tasks), "epochs": epochs, "steps": step, "examples": len(data),
             "replayed": len(extra), "final_loss": losses[-1] if losses else None, "seconds": elapsed,
             "examples_per_s": len(data) * epochs / elapsed, **ctx.stats}
-    atomic_torch_save(os.path.join(ctx.task_dir, "rng_state.pt"), capture_rng(ctx.rng, ctx.generator))
-    save_task_outputs(model, tok, ctx.task_dir, info, strategy)
+    if dist.is_main():
+        atomic_torch_save(os.path.join(ctx.task_dir, "rng_state.pt"), capture_rng(ctx.rng, ctx.generator))
+        save_task_outputs(model, tok, ctx.task_dir, info, strategy)
+    dist.barrier()
     log.info("[%s] finished in %.0f s (%.1f examples/s)", name, elapsed, info["examples_per_s"])
     return info
 

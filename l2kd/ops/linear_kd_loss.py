@@ -14,7 +14,7 @@ Shapes and dtypes
     ``h_teacher [N, Ht]``, ``w_teacher [Vt, Ht]`` with ``1 <= Vt <= Vs``; ``Ht`` may differ
     from ``H``. float32 or bfloat16 (float16 works too); the student pair shares one dtype, the
     teacher pair shares one dtype; teacher logits are cast to the student's dtype as the
-    unfused path does. The loss is an fp32 scalar; ``N == 0`` gives 0 (zero gradients).
+    unfused path does. Autocast is off inside: the GEMMs run in the inputs' dtypes. The loss is an fp32 scalar; ``N == 0`` gives 0 (zero gradients).
 
 Algorithm (forward computes the loss *and* both gradients)
     For each block of ``chunk`` rows: student logits ``S = h_c @ W_s^T`` (one GEMM), teacher
@@ -24,7 +24,7 @@ Algorithm (forward computes the loss *and* both gradients)
     (two GEMMs, fp32 accumulator for ``grad_W_s``). Only one block of logits and one block of
     ``G`` are alive at a time: peak extra memory ``~ chunk * (2 Vs + Vt)`` elements plus the
     ``[Vs, H]`` fp32 gradient accumulator, independent of N. Backward multiplies the saved
-    gradients by the upstream gradient.
+    gradients by the upstream gradient (on CPU, hands them on as they are when it is 1).
 
     Per-block KD math: with the compiled extension, the fused ``torch.ops.l2kd.kd_loss`` kernel
     (loss and ``G`` in one pass over the block). Without it (or with ``use_kernels=False``),
@@ -118,6 +118,17 @@ class _ChunkedLinearKD(torch.autograd.Function):
         grad_w = torch.zeros(w_s.shape, dtype=torch.float32, device=w_s.device) if need_grad_w else None
         w_s_t, w_t_t = w_s.t(), w_t.t()
         loss = torch.zeros((), dtype=torch.float32, device=h_s.device)
+        with torch.autocast(h_s.device.type, enabled=False):  # the GEMMs run in the inputs' dtypes
+            _ChunkedLinearKD._blocks(h_s, w_s, h_t, w_s_t, w_t_t, temperature, chunk, need_grad, compiled,
+                                     grad_h, grad_w, loss)
+        ctx.save_for_backward(grad_h if grad_h is not None else torch.empty(0),
+                              grad_w if grad_w is not None else torch.empty(0))
+        ctx.flags = (need_grad_h, need_grad_w, w_s.dtype)
+        return loss
+
+    @staticmethod
+    def _blocks(h_s, w_s, h_t, w_s_t, w_t_t, temperature, chunk, need_grad, compiled, grad_h, grad_w, loss):
+        n = h_s.shape[0]
         for s in range(0, n, chunk):
             e = min(s + chunk, n)
             scale = (e - s) / n  # the block's loss and G are means over its own e - s rows
@@ -138,20 +149,19 @@ class _ChunkedLinearKD(torch.autograd.Function):
                 else:  # low-precision GEMM (fp32 inside), accumulated across blocks in fp32
                     grad_w.add_(g.t() @ hc, alpha=scale)
             del g
-        ctx.save_for_backward(grad_h if grad_h is not None else torch.empty(0),
-                              grad_w if grad_w is not None else torch.empty(0))
-        ctx.flags = (need_grad_h, need_grad_w, w_s.dtype)
-        return loss
 
     @staticmethod
     def backward(ctx, grad_out):
         grad_h, grad_w = ctx.saved_tensors
         need_h, need_w, w_dtype = ctx.flags
-        gh = gw = None
-        if need_h:
-            gh = grad_h * grad_out.to(grad_h.dtype)
-        if need_w:
-            gw = (grad_w * grad_out).to(w_dtype)
+        if (type(grad_out) is torch.Tensor and grad_out.device.type == "cpu" and not torch.compiler.is_compiling()
+                and not grad_out.requires_grad and grad_out.item() == 1.0):
+            # upstream 1 (a plain loss.backward()): hand the saved gradients on without another
+            # [Vs, H] copy; autograd never writes into a gradient another reference holds.
+            return (grad_h if need_h else None, grad_w.to(w_dtype) if need_w else None,
+                    None, None, None, None, None, None, None)
+        gh = grad_h * grad_out.to(grad_h.dtype) if need_h else None
+        gw = (grad_w * grad_out).to(w_dtype) if need_w else None
         return gh, gw, None, None, None, None, None, None, None
 
 

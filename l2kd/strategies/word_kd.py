@@ -2,13 +2,17 @@
 
 For rows of the current task the QA and LM cross-entropies are replaced by
 ``T^2 * KL(softmax(t/T) || softmax(s/T))`` averaged over their target positions
-(:func:`l2kd.ops.kd_loss`; with ``use_kernels`` and bias-free heads,
-:func:`l2kd.ops.linear_kd_loss` fuses both LM heads with it, chunked over rows); replayed pseudo-sample rows keep the weighted cross-entropy; a
+(:func:`l2kd.ops.kd_loss`); replayed pseudo-sample rows keep the weighted cross-entropy; a
 batch without pseudo-samples is pure KD (ORIGINAL.md 6). The LM part (lll only) is weighted
 by ``lm_lambda``. Non-lll strategies distil the QA loss only. The teacher is a single-task
 model of the current task (:mod:`l2kd.distillation`); its vocabulary may lack later task
 tokens: inputs are clamped to its vocabulary and its distribution widened by its last
 column, as the original does.
+
+With ``cfg.use_kernels`` (and bias-free LM heads) the KD rows go through
+:func:`l2kd.ops.linear_kd_loss`: both heads and the KD loss chunked over rows, so neither the
+student's nor the teacher's ``[N, V]`` logits are materialised; otherwise full logits of the
+KD rows and :func:`l2kd.ops.kd_loss` (:func:`l2kd.ops.kd_loss_ref` without ``use_kernels``).
 """
 from __future__ import annotations
 
@@ -56,7 +60,9 @@ class WordKD(Strategy):
                 th = hidden_states(self.teacher, inp.clamp(max=t_head.weight.shape[0] - 1))[kd_rows]
             if cfg.use_kernels and getattr(head, "bias", None) is None and getattr(t_head, "bias", None) is None:
                 # fused heads + KD, chunked over rows: no [N, V] student or teacher logits
-                loss = loss + linear_kd_loss(h[kd_rows], head.weight, th, t_head.weight, cfg.temperature_kd)
+                hk = h[kd_rows].to(head.weight.dtype)  # autocast may leave h in another dtype
+                loss = loss + linear_kd_loss(hk, head.weight, th.to(t_head.weight.dtype), t_head.weight,
+                                             cfg.temperature_kd)
             else:
                 s_logits = head(h[kd_rows])
                 with torch.no_grad():
