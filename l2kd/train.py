@@ -311,7 +311,15 @@ def save_task_outputs(model, tok, tdir: str, info: Dict[str, object], strategy: 
     (atomically): a folder with ``model-finish`` is a finished task."""
     # config.json + model.safetensors + tokenizer files: the folder loads with plain
     # transformers (GPT2LMHeadModel.from_pretrained(tdir)); model-finish stays the original's file.
-    model.save_pretrained(tdir, safe_serialization=True)
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # one tiny shard: its progress bar is noise in the logs
+    try:
+        model.save_pretrained(tdir, safe_serialization=True)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
     tok.save_pretrained(tdir)
     state = strategy.state_dict()
     if state:
