@@ -80,6 +80,7 @@ class TrainConfig:
     bf16_cpu: bool = False
     use_kernels: bool = True
     logging_steps: int = 1000
+    checkpoint_steps: int = 500  # resumable checkpoint every N steps (and at every epoch end); 0 = epoch ends
     quiet: bool = False
     skip_tasks: Tuple[str, ...] = ()
     test_training_set: bool = False

@@ -12,6 +12,7 @@ the training set actually loaded (equal to the original's data_attrs size on ful
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
@@ -77,8 +78,17 @@ def _make_or_read(model, tok, ids: SpecialIds, prev_tasks: Sequence[str], n_tota
                   sampling: SamplingConfig, generator: torch.Generator, lm_csv_path: str, batch_size: int
                   ) -> Tuple[List[List[int]], str]:
     """Re-tokenize an existing ``lm.csv`` or generate the samples and write it; (seqs, source)."""
+    ids_path = lm_csv_path[:-4] + "_ids.json"
     if os.path.isfile(lm_csv_path):
-        seqs = [tok.encode(t) for t in read_lm_csv(lm_csv_path)]
+        texts = read_lm_csv(lm_csv_path)
+        seqs = None
+        if os.path.isfile(ids_path):  # the exact ids behind lm.csv (a resumed run trains on the same samples)
+            with open(ids_path) as f:
+                seqs = json.load(f)
+            if len(seqs) != len(texts):
+                seqs = None
+        if seqs is None:  # an lm.csv from elsewhere (e.g. the original code): re-tokenize, as the original
+            seqs = [tok.encode(t) for t in texts]
         log.info("re-using %d pseudo-samples from %s", len(seqs), lm_csv_path)
         return seqs, "lm.csv"
     per = n_total // len(prev_tasks) if prev_tasks else 0
@@ -89,6 +99,7 @@ def _make_or_read(model, tok, ids: SpecialIds, prev_tasks: Sequence[str], n_tota
                    batch_size=batch_size)
     model.train(was_training)
     seqs = [p + n for p, n in zip(prompts, new)]
+    atomic_write_text(ids_path, json.dumps(seqs))
     write_lm_csv(lm_csv_path, [tok.decode(s) for s in seqs])
     return seqs, "generated"
 

@@ -105,6 +105,9 @@ def build_parser(prog: str = "l2kd.train") -> argparse.ArgumentParser:
                         "mismatch)")
     g.add_argument("--no_kernels", action="store_true", help="use the pure-PyTorch reference ops")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--checkpoint_steps", type=int, default=500,
+                   help="write the task's resumable checkpoint.pt every N optimizer steps (and at every epoch "
+                        "end; only the latest is kept); 0 = epoch ends only")
     g.add_argument("--custom_strategy", type=str, default="",
                    help="a user strategy, FILE.py:Class or package.module:Class (a l2kd.strategies.Strategy "
                         "subclass); its `name` replaces --seq_train_type in the output folder")
@@ -155,6 +158,7 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
         ("--n_gpus", args.n_gpus >= 1, "must be >= 1"),
         ("--reg_lambda", args.reg_lambda >= 0, "must be >= 0"),
         ("--logging_steps", args.logging_steps >= 1, "must be >= 1"),
+        ("--checkpoint_steps", args.checkpoint_steps >= 0, "must be >= 0"),
         ("--max_train_examples", args.max_train_examples >= 0, "must be >= 0"),
         ("--max_test_examples", args.max_test_examples >= 0, "must be >= 0"),
         ("--cpu_batch_tokens", args.cpu_batch_tokens >= 64, "must be >= 64"),

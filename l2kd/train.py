@@ -37,6 +37,7 @@ from l2kd.tokenizer import add_special_tokens, load_base_tokenizer
 
 log = logging.getLogger("l2kd")
 
+CHECKPOINT = "checkpoint.pt"  # latest resumable state of an unfinished task
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before a run stops
 
 # The original's per-strategy share of GPU memory for dynamic batches (K:settings.py).
@@ -229,16 +230,42 @@ def _train_task(model, tok, ctx: TaskContext, strategy: Strategy, autocast, scal
     plan = [train_batches(data, ctx.rng, cfg.train_batch_size, budget, max_count) for _ in range(epochs)]
     schedule = LRSchedule(optimizer, cfg.learning_rate, len(data), epochs, sum(len(p) for p in plan),
                           cfg.n_warmup_ratio, cfg.decay_style, cfg.textbook_schedule)
+    step, tokens, losses, bad_steps, start_epoch, start_pos = 0, 0, [], 0, 1, 0
+    ckpt_path = os.path.join(ctx.task_dir, CHECKPOINT)
+    if os.path.isfile(ckpt_path):  # an interrupted run of this task: continue where it stopped
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        extra, plan = ck["extra"], ck["plan"]
+        data = ctx.train_examples + extra
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        schedule.load_state_dict(ck["schedule"])
+        if scaler and ck.get("scaler"):
+            scaler.load_state_dict(ck["scaler"])
+        strategy.load_state_dict(ck["strategy"])
+        ctx.stats.update(ck["stats"])
+        restore_rng(ck["rng"], ctx.rng, ctx.generator)
+        step, tokens, losses, start_epoch, start_pos = ck["step"], ck["tokens"], ck["losses"], ck["epoch"], ck["pos"]
+        log.info("[%s] resuming from %s: epoch %d, step %d", name, ckpt_path, start_epoch, step)
     log.info("[%s] training on %d examples (%d replayed) for %d epochs, %d steps",
              name, len(data), len(extra), epochs, schedule.end if cfg.textbook_schedule else sum(len(p) for p in plan))
     scalars_path = os.path.join(ctx.run_dir, "train_scalars.jsonl")
-    step, tokens, losses, bad_steps = 0, 0, [], 0
     params = [p for p in model.parameters() if p.requires_grad]
+
+    def checkpoint(epoch: int, pos: int) -> None:
+        """The latest resumable state of this task (one file, replaced atomically)."""
+        if dist.is_main():
+            atomic_torch_save(ckpt_path, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "scaler": scaler.state_dict() if scaler else None, "strategy": strategy.state_dict(),
+                "rng": capture_rng(ctx.rng, ctx.generator), "extra": extra, "plan": plan, "epoch": epoch,
+                "pos": pos, "step": step, "tokens": tokens, "losses": losses, "stats": dict(ctx.stats)})
+
     t_log = time.time()
-    for epoch in range(1, epochs + 1):
-        bar = tqdm(plan[epoch - 1], desc=f"{name} epoch {epoch}/{epochs}", disable=cfg.quiet, leave=False,
+    for epoch in range(start_epoch, epochs + 1):
+        skip = start_pos if epoch == start_epoch else 0
+        bar = tqdm(plan[epoch - 1][skip:], desc=f"{name} epoch {epoch}/{epochs}", disable=cfg.quiet, leave=False,
                    mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
-        for idx in bar:
+        for pos, idx in enumerate(bar, start=skip + 1):
             batch = collate([data[i] for i in dist.shard(idx)], ctx.ids).to(device)
             lr = schedule.apply()
             with autocast():
@@ -284,9 +311,12 @@ def _train_task(model, tok, ctx: TaskContext, strategy: Strategy, autocast, scal
                                                    for k, v in rec.items() if k != "task"))
                 if dist.is_main():
                     _append_jsonl(scalars_path, rec)
+            if cfg.checkpoint_steps and step % cfg.checkpoint_steps == 0 and pos < len(plan[epoch - 1]):
+                checkpoint(epoch, pos)
         bar.close()
         if dist.is_main():
             atomic_torch_save(os.path.join(ctx.task_dir, f"model-{epoch}"), model.state_dict())
+        checkpoint(epoch + 1, 0)
         log.info("[%s] epoch %d done: mean loss %.4f", name, epoch, float(np.mean(losses[-len(plan[epoch - 1]):])))
     strategy.after_task(ctx, model)
     elapsed = time.time() - t0
@@ -296,6 +326,8 @@ def _train_task(model, tok, ctx: TaskContext, strategy: Strategy, autocast, scal
     if dist.is_main():
         atomic_torch_save(os.path.join(ctx.task_dir, "rng_state.pt"), capture_rng(ctx.rng, ctx.generator))
         save_task_outputs(model, tok, ctx.task_dir, info, strategy)
+        if os.path.isfile(ckpt_path):  # model-finish now holds the task: drop the resume state
+            os.remove(ckpt_path)
     dist.barrier()
     log.info("[%s] finished in %.0f s (%.1f examples/s)", name, elapsed, info["examples_per_s"])
     return info
@@ -362,7 +394,7 @@ def config_from_args(args) -> TrainConfig:
         reg_lambda=args.reg_lambda, qp_margin=args.qp_margin, reg_anchor=args.reg_anchor, distil=args.distil, seq_distil=args.seq_distil,
         temperature_kd=args.temperature_kd, ref1=args.ref1, teacher_dir=args.teacher_dir,
         teacher_n_train_epochs=args.teacher_n_train_epochs, teacher_learning_rate=args.teacher_learning_rate, device=args.device, fp32=args.fp32, bf16_cpu=args.bf16_cpu,
-        use_kernels=use_k, logging_steps=args.logging_steps, quiet=args.quiet,
+        use_kernels=use_k, logging_steps=args.logging_steps, checkpoint_steps=args.checkpoint_steps, quiet=args.quiet,
         skip_tasks=tuple(args.skip_tasks or ()), test_training_set=args.test_training_set,
     )
 
