@@ -369,7 +369,18 @@ def load_task_model(model: torch.nn.Module, tdir: str, name: str = "model-finish
         raise SystemExit(f"{path}: missing (was this task trained?)") from None
     except Exception as exc:
         raise SystemExit(f"{path}: cannot be read as a model state dict ({exc})") from None
-    model.load_state_dict(state, strict=False)
+    # Checkpoints of the original code (pytorch-transformers 1.2.0 GPT2LMHeadModel) carry the
+    # attention-mask buffers ``attn.bias`` / ``attn.masked_bias`` that current transformers
+    # rebuilds; anything else missing or unexpected is a wrong file, not something to skip.
+    if isinstance(state, dict) and "state_dict" in state and "model" not in state:
+        state = state["state_dict"]
+    result = model.load_state_dict(state, strict=False)
+    tolerated = (".attn.bias", ".attn.masked_bias", "lm_head.weight")  # lm_head is tied to wte
+    missing = [k for k in result.missing_keys if not k.endswith(tolerated)]
+    unexpected = [k for k in result.unexpected_keys if not k.endswith(tolerated)]
+    if missing or unexpected:
+        raise SystemExit(f"{path}: not a state dict of this model (missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]})")
 
 
 # ----------------------------------------------------------------------------- CLI
