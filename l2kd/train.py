@@ -218,6 +218,9 @@ def _train_task(model, tok, ctx: TaskContext, strategy: Strategy, autocast, scal
     t0 = time.time()
     model.train()
     extra = strategy.before_task(ctx, model)
+    if "replay" in ctx.stats and dist.is_main():  # pseudo-samples generated / parsed / dropped
+        _append_jsonl(os.path.join(ctx.run_dir, "train_scalars.jsonl"),
+                      {"task": name, "step": 0, "event": "replay", **ctx.stats["replay"]})
     data = ctx.train_examples + extra
     if not data:
         raise SystemExit(f"[{name}] no training examples")

@@ -41,7 +41,10 @@ def test_lll_two_tasks_layout_and_metrics(tmp_path, data_dir):
     assert summary["tasks"]["rnnlg.tv"]["replayed"] == replay["parsed"]
     assert os.path.isfile(os.path.join(rdir, "log_train.txt"))
     scal = [json.loads(ln) for ln in open(os.path.join(rdir, "train_scalars.jsonl"))]
-    assert scal and all("lm_loss" in r and r["loss"] == r["loss"] for r in scal)
+    steps = [r for r in scal if "event" not in r]
+    assert steps and all("lm_loss" in r and r["loss"] == r["loss"] and r["tokens_per_s"] > 0 for r in steps)
+    replay_rec = [r for r in scal if r.get("event") == "replay"]
+    assert len(replay_rec) == 1 and replay_rec[0]["generated"] == 6
 
     result = evaluate_run(cfg, quiet=True)
     assert len(result["matrix"]) == 2 and all(len(r) == 2 for r in result["matrix"])
