@@ -38,3 +38,14 @@ def atomic_write_json(path: str, obj: Any) -> None:
 def atomic_torch_save(path: str, obj: Any) -> None:
     """``torch.save`` to a temp file, then rename."""
     _atomic(path, lambda f: torch.save(obj, f))
+
+
+def remove_stale_temps(root: str) -> int:
+    """Delete temp files a killed run left behind (``.tmp-*``, never mistaken for outputs)."""
+    n = 0
+    for d, _, files in os.walk(root):
+        for f in files:
+            if f.startswith(".tmp-"):
+                os.unlink(os.path.join(d, f))
+                n += 1
+    return n

@@ -26,7 +26,7 @@ from l2kd.data.qa_format import Encoded, collate, encode_example
 from l2kd.data.squad import load_squad_file
 from l2kd.data.tasks import task_file
 from l2kd.distillation import ensure_distil_data, ensure_teacher
-from l2kd.io_utils import atomic_torch_save, atomic_write_json
+from l2kd.io_utils import atomic_torch_save, atomic_write_json, remove_stale_temps
 from l2kd.losses import token_weights
 from l2kd.model import context_length, load_base_model, resize_for_tokenizer
 from l2kd.rng import capture_rng, restore_rng
@@ -155,6 +155,8 @@ def train_sequence(cfg: TrainConfig, strategy: Optional[Strategy] = None) -> Dic
     rdir = run_dir(cfg.model_dir_root, cfg.model_name, cfg.seq_train_type, list(cfg.tasks),
                    cfg.gen_lm_sample_percentage, cfg.seed)
     os.makedirs(rdir, exist_ok=True)
+    if dist.is_main():
+        remove_stale_temps(rdir)  # half-written files of a killed earlier run
     setup_logging(os.path.join(rdir, "log_train.txt") if dist.is_main() else None, cfg.quiet or not dist.is_main())
     log.info("run dir %s | device %s | strategy %s", rdir, device, strategy.name)
 
