@@ -11,7 +11,6 @@ import os
 import platform
 import subprocess
 import time
-import tracemalloc
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch

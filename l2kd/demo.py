@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -83,7 +82,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     t_start = time.time()
     floor_cfg = demo_config("finetune", args, args.seeds[0])
     floor = untrained_scores(floor_cfg)
-    print(f"\nuntrained tiny GPT-2: " + "  ".join(f"{t}={s:.1f}" for t, s in zip(args.tasks, floor)), flush=True)
+    print("\nuntrained tiny GPT-2: " + "  ".join(f"{t}={s:.1f}" for t, s in zip(args.tasks, floor)), flush=True)
     results: Dict[str, object] = {"tasks": list(args.tasks), "untrained": floor, "strategies": {}}
     from l2kd.train import train_sequence
 

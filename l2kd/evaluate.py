@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import re
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -26,7 +26,7 @@ from l2kd.data.squad import load_answers_file
 from l2kd.data.tasks import answers_path, get_task
 from l2kd.generation import generate
 from l2kd.io_utils import atomic_write_json, atomic_write_text
-from l2kd.metrics import (average_score, backward_transfer, compute_metrics, forgetting, forward_transfer,
+from l2kd.metrics import (backward_transfer, compute_metrics, forgetting, forward_transfer,
                           task_score)
 from l2kd.model import context_length, model_from_task_dir
 from l2kd.settings import run_dir, task_dir

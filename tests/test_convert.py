@@ -30,7 +30,7 @@ def _rnnlg(src, domain, split, rows):
 def raw(tmp_path):
     src = tmp_path / "raw"
     for dom in ("restaurant", "hotel", "tv", "laptop"):
-        _rnnlg(src, dom, "train", [[f"inform(name='{dom} a')", "ref a1", "ref a2"], [f"goodbye()", "bye 1", "bye 2"]])
+        _rnnlg(src, dom, "train", [[f"inform(name='{dom} a')", "ref a1", "ref a2"], ["goodbye()", "bye 1", "bye 2"]])
         _rnnlg(src, dom, "test", [[f"inform(name='{dom} t')", "t1", "t2"]])
     e2e = src / "e2e"
     e2e.mkdir(parents=True)

@@ -23,7 +23,7 @@ or the loop's dynamic budget) and reused by every step.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 from transformers import PreTrainedModel

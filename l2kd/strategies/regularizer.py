@@ -26,11 +26,9 @@ What the original does (ORIGINAL.md 7, same in LAMOL and L2KD):
 """
 from __future__ import annotations
 
-import random
 from contextlib import nullcontext
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Sequence
 
-import numpy as np
 import torch
 from transformers import PreTrainedModel
 
