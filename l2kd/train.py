@@ -306,7 +306,7 @@ def _train_task(model, tok, ctx: TaskContext, strategy: Strategy, autocast, scal
             step += 1
             tokens += batch.n_tokens
             losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}")
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}", refresh=False)
             if step % cfg.logging_steps == 0:
                 dt = time.time() - t_log
                 rec = {"task": name, "step": step, "epoch": epoch, "lr": lr, "loss": losses[-1],
