@@ -84,9 +84,10 @@ def _make_or_read(model, tok, ids: SpecialIds, prev_tasks: Sequence[str], n_tota
         seqs = None
         if os.path.isfile(ids_path):  # the exact ids behind lm.csv (a resumed run trains on the same samples)
             with open(ids_path) as f:
-                seqs = json.load(f)
-            if len(seqs) != len(texts):
-                seqs = None
+                saved = json.load(f)
+            seqs = saved["ids"] if len(saved["ids"]) == len(texts) else None
+            if seqs is not None:  # leave the sampling generator where generating them left it
+                generator.set_state(torch.tensor(saved["generator_state"], dtype=torch.uint8))
         if seqs is None:  # an lm.csv from elsewhere (e.g. the original code): re-tokenize, as the original
             seqs = [tok.encode(t) for t in texts]
         log.info("re-using %d pseudo-samples from %s", len(seqs), lm_csv_path)
@@ -99,7 +100,7 @@ def _make_or_read(model, tok, ids: SpecialIds, prev_tasks: Sequence[str], n_tota
                    batch_size=batch_size)
     model.train(was_training)
     seqs = [p + n for p, n in zip(prompts, new)]
-    atomic_write_text(ids_path, json.dumps(seqs))
+    atomic_write_text(ids_path, json.dumps({"ids": seqs, "generator_state": generator.get_state().tolist()}))
     write_lm_csv(lm_csv_path, [tok.decode(s) for s in seqs])
     return seqs, "generated"
 
