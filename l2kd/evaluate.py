@@ -49,13 +49,22 @@ def test_batch_size(device: torch.device, requested: int) -> int:
 def predict(model, tok, examples: Sequence[Encoded], eos_id: int, pad_id: int, sampling: SamplingConfig,
             generator: Optional[torch.Generator], max_len: int, batch_size: int) -> List[str]:
     """Decoded answers for ``examples`` (prompt ``cq``, no generation token, as the original)."""
-    max_a = max((len(tok.encode(g)) for ex in examples for g in ex.golds), default=0) + 1
+    max_a = max((_longest_answer(ex.answer, pad_id) for ex in examples), default=0) + 1
     limits = [max(1, min(max_a, max_len - len(ex.cq))) for ex in examples]
     was_training = model.training
     model.eval()
     outs = generate(model, [ex.cq for ex in examples], limits, eos_id, pad_id, sampling, generator, batch_size)
     model.train(was_training)
     return [tok.decode(o).strip() for o in outs]
+
+
+def _longest_answer(answer_ids: Sequence[int], pad_id: int) -> int:
+    """Token length of the longest gold answer (they are already encoded, joined by ``__pad__``)."""
+    longest = run = 0
+    for t in answer_ids:
+        run = 0 if t == pad_id else run + 1
+        longest = max(longest, run)
+    return longest
 
 
 def write_qa_csv(path: str, golds: Sequence[Sequence[str]], preds: Sequence[str]) -> None:

@@ -218,10 +218,10 @@ def _train_task(model, tok, ctx: TaskContext, strategy: Strategy, autocast, scal
     os.makedirs(ctx.task_dir, exist_ok=True)
     t0 = time.time()
     model.train()
+    scalars_path = os.path.join(ctx.run_dir, "train_scalars.jsonl")
     extra = strategy.before_task(ctx, model)
     if "replay" in ctx.stats and dist.is_main():  # pseudo-samples generated / parsed / dropped
-        _append_jsonl(os.path.join(ctx.run_dir, "train_scalars.jsonl"),
-                      {"task": name, "step": 0, "event": "replay", **ctx.stats["replay"]})
+        _append_jsonl(scalars_path, {"task": name, "step": 0, "event": "replay", **ctx.stats["replay"]})
     data = ctx.train_examples + extra
     if not data:
         raise SystemExit(f"[{name}] no training examples")
@@ -252,7 +252,6 @@ def _train_task(model, tok, ctx: TaskContext, strategy: Strategy, autocast, scal
         log.info("[%s] resuming from %s: epoch %d, step %d", name, ckpt_path, start_epoch, step)
     log.info("[%s] training on %d examples (%d replayed) for %d epochs, %d steps",
              name, len(data), len(extra), epochs, schedule.end if cfg.textbook_schedule else sum(len(p) for p in plan))
-    scalars_path = os.path.join(ctx.run_dir, "train_scalars.jsonl")
     params = [p for p in model.parameters() if p.requires_grad]
 
     def checkpoint(epoch: int, pos: int) -> None:
