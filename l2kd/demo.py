@@ -40,12 +40,15 @@ def demo_config(strategy: str, args: argparse.Namespace, seed: Optional[int] = N
     """The demo's run configuration for one strategy (a CORE name or a FULL name)."""
     seq_type, extra = FULL.get(strategy, (strategy, {}))
     root = args.out if strategy in CORE or strategy == seq_type else os.path.join(args.out, strategy)
+    pct = args.gem_pct if seq_type == "gem" else args.pct  # GEM's memory size, LAMOL's pseudo-sample share
     return TrainConfig(
         tasks=tuple(args.tasks), data_dir=args.data_dir, model_dir_root=root, model_name="tiny-gpt2",
-        seq_train_type=seq_type, seed=args.seeds[0] if seed is None else seed, teacher_root=args.out, **extra, learning_rate=args.lr, train_batch_size=args.batch,
-        n_train_epochs=args.epochs, max_train_examples=args.train, max_test_examples=args.test,
-        gen_lm_sample_percentage=args.pct, max_gen_len=96, qa_sampling=SamplingConfig(top_k=1),
-        lm_sampling=SamplingConfig(top_k=20), logging_steps=10**9, quiet=args.quiet, device="cpu",
+        seq_train_type=seq_type, seed=args.seeds[0] if seed is None else seed,
+        teacher_root=args.teacher_root or args.out, **extra, temperature_kd=args.temperature_kd,
+        learning_rate=args.lr, train_batch_size=args.batch, n_train_epochs=args.epochs,
+        max_train_examples=args.train, max_test_examples=args.test, gen_lm_sample_percentage=pct,
+        max_gen_len=96, qa_sampling=SamplingConfig(top_k=1), lm_sampling=SamplingConfig(top_k=20),
+        logging_steps=10**9, quiet=args.quiet, device="cpu",
     )
 
 
@@ -115,7 +118,13 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
 
 def report_runs(run_dirs: List[str], out: str) -> None:
     """The report command's comparison table (mean and std over seeds) and each run's plots."""
-    from l2kd.report import compare, format_comparison, load_run, plot_matrix, plot_task_curves
+    from l2kd.report import (
+        compare,
+        format_comparison,
+        load_run,
+        plot_matrix,
+        plot_task_curves,
+    )
 
     records = [load_run(d) for d in run_dirs]
     print("\n" + format_comparison(compare(records)))
@@ -157,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--pct", type=float, default=0.2, help="--gen_lm_sample_percentage of the lll run")
+    p.add_argument("--temperature_kd", type=float, default=2.0, help="Word-KD temperature (as the training CLI)")
+    p.add_argument("--teacher_root", default="",
+                   help="where teachers are looked up and trained (default: --out); share it between studies")
+    p.add_argument("--gem_pct", type=float, default=0.05,
+                   help="GEM's episodic memory per past task as a fraction of its data (the original's default)")
     p.add_argument("--seeds", type=int, nargs="+", default=[42], help="one run per seed and strategy")
     p.add_argument("--strategies", nargs="+", choices=CORE + list(FULL), default=None,
                    help="run exactly these strategies (default: finetune lll, plus the --full ones)")
@@ -170,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1
+    torch.set_num_threads(max(1, threads))
     if not args.resume and os.path.isdir(args.out):
         import shutil
 

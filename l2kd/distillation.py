@@ -13,20 +13,23 @@ and trains it there (same hyper-parameters unless ``--teacher_*`` overrides) whe
 Seq-KD replaces a task's gold training answers by the teacher's greedy decodes. The file is
 named as the original expected it (``str.replace("train", "distil")`` on the file name:
 ``<t>_to_squad-distil-v2.0.json``), written beside the data, or in the teacher's folder when
-the data folder is read-only, and reused when it exists.
+the data folder is read-only, and reused by the teacher that built it (an ``l2kd_teacher``
+record in the file says which); a file l2kd did not build is the user's and is used as is.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 
 from l2kd.config import SamplingConfig, TrainConfig
-from l2kd.data.squad import QAExample, load_squad_file, write_squad_file
+from l2kd.data.squad import QAExample, load_squad_file, squad_document
 from l2kd.data.tasks import task_file
+from l2kd.io_utils import atomic_write_json
 from l2kd.model import model_from_task_dir
 from l2kd.settings import run_dir
 
@@ -95,6 +98,23 @@ def load_teacher(tdir: str, device: torch.device) -> torch.nn.Module:
     return model
 
 
+def teacher_fingerprint(teacher_dir: str) -> Dict[str, object]:
+    """What identifies a teacher: its folder and its ``model-finish`` file's size and mtime."""
+    st = os.stat(os.path.join(teacher_dir, "model-finish"))
+    return {"teacher": os.path.abspath(teacher_dir), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _built_by(distil_path: str) -> Optional[Dict[str, object]]:
+    """The fingerprint of the teacher that built ``distil_path``, stored in the file itself under
+    ``l2kd_teacher`` (the LAMOL loader reads only ``data``); None for a user's file."""
+    try:
+        with open(distil_path) as f:
+            record = json.load(f).get("l2kd_teacher")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def distil_file_path(cfg: TrainConfig, task: str, teacher_dir: str) -> str:
     """``<task>_to_squad-distil-v2.0.json`` beside the data, or in the teacher folder if read-only."""
     src = task_file(cfg.data_dir, task, "train")
@@ -106,21 +126,34 @@ def distil_file_path(cfg: TrainConfig, task: str, teacher_dir: str) -> str:
 
 
 def ensure_distil_data(cfg: TrainConfig, task: str, device: torch.device) -> str:
-    """Path of ``task``'s Seq-KD training file, building it with the teacher when missing."""
+    """Path of ``task``'s Seq-KD training file, building it with the teacher when missing.
+
+    A file beside the data that l2kd did not build (no ``l2kd_teacher`` record) is the user's,
+    as in the original: used as is. A file l2kd built (an ``l2kd_teacher`` record) is reused only
+    by the teacher that built it; another teacher (another seed, a retrained teacher) builds its own in its own folder, so
+    a multi-seed study never trains seed 2 on seed 1's teacher's decodes.
+    """
     src = task_file(cfg.data_dir, task, "train")
-    beside = os.path.join(os.path.dirname(src), os.path.basename(src).replace("train", "ref1" if cfg.ref1 else "distil"))
-    if os.path.isfile(beside):
-        log.info("[%s] Seq-KD data: reusing %s", task, beside)
+    name = os.path.basename(src).replace("train", "ref1" if cfg.ref1 else "distil")
+    beside = os.path.join(os.path.dirname(src), name)
+    if os.path.isfile(beside) and _built_by(beside) is None:
+        log.info("[%s] Seq-KD data: using %s (not built by l2kd)", task, beside)
         return beside
     teacher_dir = ensure_teacher(cfg, task)
+    mine = teacher_fingerprint(teacher_dir)
+    for path in (beside, os.path.join(teacher_dir, name)):
+        if os.path.isfile(path) and _built_by(path) == mine:
+            log.info("[%s] Seq-KD data: reusing %s (built by this teacher)", task, path)
+            return path
     path = distil_file_path(cfg, task, teacher_dir)
-    if os.path.isfile(path):
-        log.info("[%s] Seq-KD data: reusing %s", task, path)
-        return path
-    from l2kd.evaluate import predict
-    from l2kd.tokenizer import add_special_tokens, load_base_tokenizer
+    if os.path.isfile(path):  # built by another teacher: keep it, write ours beside our teacher
+        log.info("[%s] Seq-KD data %s was built by another teacher (%s); building this teacher's in %s",
+                 task, path, (_built_by(path) or {}).get("teacher"), teacher_dir)
+        path = os.path.join(teacher_dir, name)
     from l2kd.data.qa_format import encode_example
+    from l2kd.evaluate import predict
     from l2kd.model import context_length
+    from l2kd.tokenizer import add_special_tokens, load_base_tokenizer
 
     raw = load_squad_file(task_file(cfg.data_dir, task, "train"), task)
     if cfg.max_train_examples:
@@ -135,6 +168,8 @@ def ensure_distil_data(cfg: TrainConfig, task: str, device: torch.device) -> str
                     None, max_len, 64)
     out = [QAExample(context=ex.context, question=ex.question, answers=[p], qa_id=ex.qa_id, task=task)
            for ex, p in zip(raw, preds)]
-    write_squad_file(path, out)
+    doc = squad_document(out)
+    doc["l2kd_teacher"] = mine  # provenance, in the same atomic write as the data
+    atomic_write_json(path, doc)
     log.info("[%s] Seq-KD data written to %s", task, path)
     return path

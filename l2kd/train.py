@@ -29,6 +29,7 @@ from l2kd.io_utils import atomic_torch_save, atomic_write_json, remove_stale_tem
 from l2kd.losses import token_weights
 from l2kd.model import context_length, load_base_model, resize_for_tokenizer
 from l2kd.rng import capture_rng, restore_rng
+from l2kd.scalars import ScalarLog
 from l2kd.schedule import LRSchedule
 from l2kd.settings import parse_args, run_dir, task_dir
 from l2kd.strategies import Strategy, TaskContext, load_custom_strategy, make_strategy
@@ -218,10 +219,10 @@ def _train_task(model, tok, ctx: TaskContext, strategy: Strategy, autocast, scal
     os.makedirs(ctx.task_dir, exist_ok=True)
     t0 = time.time()
     model.train()
-    scalars_path = os.path.join(ctx.run_dir, "train_scalars.jsonl")
+    scalars = ScalarLog(ctx.run_dir) if dist.is_main() else None  # JSONL (+ TensorBoard when installed)
     extra = strategy.before_task(ctx, model)
-    if "replay" in ctx.stats and dist.is_main():  # pseudo-samples generated / parsed / dropped
-        _append_jsonl(scalars_path, {"task": name, "step": 0, "event": "replay", **ctx.stats["replay"]})
+    if "replay" in ctx.stats and scalars:  # pseudo-samples generated / parsed / dropped
+        scalars.write({"task": name, "step": 0, "event": "replay", **ctx.stats["replay"]})
     data = ctx.train_examples + extra
     if not data:
         raise SystemExit(f"[{name}] no training examples")
@@ -312,15 +313,19 @@ def _train_task(model, tok, ctx: TaskContext, strategy: Strategy, autocast, scal
                        "grad_norm": float(gnorm), "tokens_per_s": tokens / max(dt, 1e-9), **scal}
                 log.info("[%s] %s", name, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                    for k, v in rec.items() if k != "task"))
-                if dist.is_main():
-                    _append_jsonl(scalars_path, rec)
+                if scalars:
+                    scalars.write(rec)
             if cfg.checkpoint_steps and step % cfg.checkpoint_steps == 0 and pos < len(plan[epoch - 1]):
                 checkpoint(epoch, pos)
         bar.close()
         if dist.is_main():
             atomic_torch_save(os.path.join(ctx.task_dir, f"model-{epoch}"), model.state_dict())
         checkpoint(epoch + 1, 0)
-        log.info("[%s] epoch %d done: mean loss %.4f", name, epoch, float(np.mean(losses[-len(plan[epoch - 1]):])))
+        recent = losses[-len(plan[epoch - 1]):]
+        log.info("[%s] epoch %d done: mean loss %s", name, epoch,
+                 f"{float(np.mean(recent)):.4f}" if recent else "n/a (every step skipped)")
+    if scalars:
+        scalars.close()
     strategy.after_task(ctx, model)
     elapsed = time.time() - t0
     info = {"tasks": list(ctx.tasks), "epochs": epochs, "steps": step, "examples": len(data),
@@ -334,11 +339,6 @@ def _train_task(model, tok, ctx: TaskContext, strategy: Strategy, autocast, scal
     dist.barrier()
     log.info("[%s] finished in %.0f s (%.1f examples/s)", name, elapsed, info["examples_per_s"])
     return info
-
-
-def _append_jsonl(path: str, rec: Dict[str, object]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(rec) + "\n")
 
 
 def save_task_outputs(model, tok, tdir: str, info: Dict[str, object], strategy: Strategy) -> None:

@@ -70,8 +70,38 @@ def test_seq_kd_soft_trains_teacher_and_builds_distil_data(tmp_path, data_dir):
         assert len(distil["data"]) == 16
         assert summary["tasks"][t]["teacher"] == t
     assert summary["tasks"]["rnnlg.tv"]["replay"]["generated"] == 4
-    # a second run reuses the teachers and the distil files (no retraining)
+    teacher42 = tmp_path / "m" / "tiny-gpt2" / "lll" / "rnnlg.tv_0.2_42" / "rnnlg.tv"
+    assert json.load(open(data / "rnnlg.tv_to_squad-distil-v2.0.json"))["l2kd_teacher"]["teacher"] == str(teacher42)
+    # the same seed again, in a fresh root with the same teacher root: the teachers are found and
+    # the distil files they built are reused (no retraining, no decoding)
     mtime = os.path.getmtime(data / "rnnlg.tv_to_squad-distil-v2.0.json")
-    cfg2 = TrainConfig(**{**cfg.__dict__, "seed": 7})
+    t_mtime = os.path.getmtime(teacher42 / "model-finish")
+    cfg2 = TrainConfig(**{**cfg.__dict__, "model_dir_root": str(tmp_path / "m2"), "teacher_root": str(tmp_path / "m")})
     train_sequence(cfg2)
     assert os.path.getmtime(data / "rnnlg.tv_to_squad-distil-v2.0.json") == mtime
+    assert os.path.getmtime(teacher42 / "model-finish") == t_mtime
+    # another seed trains its own teachers and must not train on seed 42's teachers' decodes:
+    # its distil data goes beside its own teacher, the file beside the data is left alone
+    cfg3 = TrainConfig(**{**cfg.__dict__, "seed": 7})
+    train_sequence(cfg3)
+    assert os.path.getmtime(data / "rnnlg.tv_to_squad-distil-v2.0.json") == mtime
+    teacher7 = tmp_path / "m" / "tiny-gpt2" / "lll" / "rnnlg.tv_0.2_7" / "rnnlg.tv"
+    own = json.load(open(teacher7 / "rnnlg.tv_to_squad-distil-v2.0.json"))
+    assert own["l2kd_teacher"]["teacher"] == str(teacher7) and len(own["data"]) == 16
+
+
+@pytest.mark.slow
+def test_user_distil_file_is_used_as_is(tmp_path, data_dir):
+    """A distil file l2kd did not build (the original's workflow) is read, and no teacher is trained."""
+    import shutil
+
+    from l2kd.distillation import ensure_distil_data
+
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    user = data / "rnnlg.rest_to_squad-distil-v2.0.json"
+    shutil.copy(data / "rnnlg.rest_to_squad-train-v2.0.json", user)
+    cfg = TrainConfig(tasks=("rnnlg.rest",), data_dir=str(data), model_dir_root=str(tmp_path / "m"),
+                      model_name="tiny-gpt2", seq_distil=True, quiet=True)
+    assert ensure_distil_data(cfg, "rnnlg.rest", torch.device("cpu")) == str(user)
+    assert not (tmp_path / "m").exists()
