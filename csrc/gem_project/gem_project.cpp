@@ -4,7 +4,8 @@
 // or a copy of g when every (G g)_i >= 0. See gem_project_math.h for the solve and
 // l2kd/ops/gem_project.py for the derivation from the original's quadprog call.
 //
-// CPU: pass 1 reads G and g once and forms the packed upper triangle of the augmented Gram
+// CPU: pass 0 forms only G g and g.g (fp64) and returns g unchanged when nothing is violated,
+// which is the common case and as cheap as the original's check. Otherwise pass 1 reads G and g once and forms the packed upper triangle of the augmented Gram
 // [G; g][G; g]^T in fp64 (the product of two fp32 values is exact in fp64), over fixed-size
 // column blocks whose partials are summed in block order, so the result does not depend on
 // the thread count. The small t x t solve runs on one thread. Pass 2 reads G and g once more
@@ -212,6 +213,93 @@ void gram_cpu(const T* G, const T* g, int t, int64_t P, double* gram) {
     for (int q = 0; q < np; ++q) gram[q] += partial[b * np + q];
 }
 
+// sum_k a[k] * b[k] over m8 (a multiple of 8) doubles, in a fixed order.
+inline double dot_d(const double* a, const double* b, int64_t m8) {
+#if defined(L2KD_AVX2) && L2KD_AVX2
+  __m256d c0 = _mm256_setzero_pd(), c1 = _mm256_setzero_pd();
+  for (int64_t k = 0; k < m8; k += 8) {
+    c0 = _mm256_fmadd_pd(_mm256_loadu_pd(a + k), _mm256_loadu_pd(b + k), c0);
+    c1 = _mm256_fmadd_pd(_mm256_loadu_pd(a + k + 4), _mm256_loadu_pd(b + k + 4), c1);
+  }
+  alignas(32) double tmp[4];
+  _mm256_store_pd(tmp, _mm256_add_pd(c0, c1));
+  return (tmp[0] + tmp[1]) + (tmp[2] + tmp[3]);
+#else
+  double c = 0.0;
+  for (int64_t k = 0; k < m8; ++k) c += a[k] * b[k];
+  return c;
+#endif
+}
+
+// sum_k row[k] * b[k] for k < m (b already in fp64), in a fixed order.
+template <typename T>
+inline double dot_row(const T* row, const double* b, int64_t m, double* scratch) {
+  const int64_t m8 = (m + 7) / 8 * 8;
+  convert_row(row, scratch, m);
+  for (int64_t k = m; k < m8; ++k) scratch[k] = 0.0;
+  return dot_d(scratch, b, m8);
+}
+#if defined(L2KD_AVX2) && L2KD_AVX2
+// fp32 rows: convert in registers (no round trip through a buffer), four FMA chains.
+template <>
+inline double dot_row<float>(const float* row, const double* b, int64_t m, double*) {
+  __m256d c0 = _mm256_setzero_pd(), c1 = _mm256_setzero_pd(), c2 = _mm256_setzero_pd(),
+          c3 = _mm256_setzero_pd();
+  int64_t k = 0;
+  for (; k + 16 <= m; k += 16) {
+    c0 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(row + k)), _mm256_loadu_pd(b + k), c0);
+    c1 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(row + k + 4)), _mm256_loadu_pd(b + k + 4), c1);
+    c2 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(row + k + 8)), _mm256_loadu_pd(b + k + 8), c2);
+    c3 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(row + k + 12)), _mm256_loadu_pd(b + k + 12), c3);
+  }
+  alignas(32) double tmp[4];
+  _mm256_store_pd(tmp, _mm256_add_pd(_mm256_add_pd(c0, c1), _mm256_add_pd(c2, c3)));
+  double s = (tmp[0] + tmp[1]) + (tmp[2] + tmp[3]);
+  for (; k < m; ++k) s += static_cast<double>(row[k]) * b[k];
+  return s;
+}
+#endif
+
+// Pass 0, the cheap check: c = G g and g.g (t + 1 values) in fp64 over deterministic blocks.
+// Reads G and g once with t + 1 FMAs per column instead of the Gram's (t + 1)(t + 2) / 2, so a
+// step with no violated memory costs about what the original's single G g product costs.
+template <typename T>
+void dots_cpu(const T* G, const T* g, int t, int64_t P, double* dots) {
+  const int n = t + 1;
+  const int64_t nblocks = (P + kBlock - 1) / kBlock;
+  constexpr int64_t C = 2048;
+  std::vector<double> partial(static_cast<size_t>(std::max<int64_t>(nblocks, 1) * n), 0.0);
+  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<double> gb(C), scratch(C);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t begin = b * kBlock, end = std::min(P, begin + kBlock);
+      double* out = partial.data() + b * n;
+      for (int64_t c0 = begin; c0 < end; c0 += C) {
+        const int64_t m = std::min(C, end - c0), m8 = (m + 7) / 8 * 8;
+        convert_row(g + c0, gb.data(), m);
+        for (int64_t k = m; k < m8; ++k) gb[k] = 0.0;
+        out[t] += dot_d(gb.data(), gb.data(), m8);
+        for (int i = 0; i < t; ++i) out[i] += dot_row(G + static_cast<int64_t>(i) * P + c0, gb.data(), m, scratch.data());
+      }
+    }
+  });
+  for (int q = 0; q < n; ++q) dots[q] = 0.0;
+  for (int64_t b = 0; b < nblocks; ++b)
+    for (int q = 0; q < n; ++q) dots[q] += partial[b * n + q];
+}
+
+// Status of the cheap check (kStatus* codes): nothing violated, violated (then the Gram pass
+// runs), or non-finite input. A non-finite G g with a finite g.g means non-finite memories.
+inline int check_dots(int t, const double* dots) {
+  if (!finite(dots[t])) return kStatusGradNonFinite;
+  bool violated = false;
+  for (int i = 0; i < t; ++i) {
+    if (!finite(dots[i])) return kStatusMemoryNonFinite;
+    if (dots[i] < 0.0) violated = true;
+  }
+  return violated ? kStatusViolated : kStatusUnchanged;
+}
+
 template <typename T>
 void update_cpu(const T* G, const T* g, const double* v, int t, int64_t P, T* out) {
   constexpr int64_t kChunk = 1024;
@@ -249,6 +337,13 @@ void gem_project_cpu_into(const at::Tensor& grad, const at::Tensor& memory_grads
   std::vector<double> A(static_cast<size_t>(t * t)), c(t), v(t), ws(static_cast<size_t>(solve_workspace_size(t)));
   bool project = false;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "gem_project_cpu", [&] {
+    std::vector<double> dots(static_cast<size_t>(n));
+    dots_cpu<scalar_t>(G.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(), t, P, dots.data());
+    const int checked = check_dots(t, dots.data());
+    if (checked != kStatusViolated) {  // nothing to project (or a non-finite input to report)
+      project = handle_status(checked, eps);
+      return;
+    }
     gram_cpu<scalar_t>(G.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(), t, P, gram.data());
     const int status = gem_small_step(t, gram.data(), margin, eps, A.data(), c.data(), v.data(), ws.data());
     project = handle_status(status, eps);

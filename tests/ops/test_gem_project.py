@@ -267,6 +267,19 @@ def test_non_finite(impl):
     assert torch.equal(out, g)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_non_finite_memory_is_reported_when_nothing_else_is_violated(impl):
+    """The cheap G g check (no Gram) must still catch non-finite memories, and must return g
+    exactly when every constraint holds."""
+    torch.manual_seed(5)
+    grad = torch.rand(1003) + 0.1
+    mem = torch.rand(3, 1003)  # every <m_i, g> > 0: nothing violated
+    assert torch.equal(run(impl, grad, mem), grad)
+    mem[2, 1000] = float("nan")  # in the tail past the last full vector
+    with pytest.raises(RuntimeError, match="non-finite"):
+        run(impl, grad, mem)
+
+
 @pytest.mark.parametrize("use_kernels", [False, pytest.param(True, marks=needs_compiled)])
 def test_bad_inputs(use_kernels):
     g = torch.randn(10)
