@@ -38,20 +38,24 @@ class ScalarLog:
     def __init__(self, run_dir: str, tensorboard: bool = True) -> None:
         self.path = os.path.join(run_dir, JSONL_NAME)
         self.tb_dir = os.path.join(run_dir, TB_DIR)
-        self._writer = _tensorboard_writer(self.tb_dir) if tensorboard else None
-        if tensorboard and self._writer is None:
-            log.debug("tensorboard not installed: training scalars go to %s only", self.path)
+        self._want_tb = tensorboard
+        self._writer = None  # opened with the first record: a task that logs nothing leaves no event file
 
     @property
     def tensorboard(self) -> bool:
-        """Whether records are also written to TensorBoard."""
+        """Whether records are also written to TensorBoard (the optional extra is installed)."""
+        if self._want_tb and self._writer is None:
+            self._writer = _tensorboard_writer(self.tb_dir)
+            if self._writer is None:
+                log.debug("tensorboard not installed: training scalars go to %s only", self.path)
+                self._want_tb = False
         return self._writer is not None
 
     def write(self, rec: Dict[str, Any], global_step: Optional[int] = None) -> None:
         """Append ``rec`` (must hold ``task``); numbers also go to TensorBoard as ``<task>/<key>``."""
         with open(self.path, "a") as f:
             f.write(json.dumps(rec) + "\n")
-        if self._writer is None:
+        if not self.tensorboard:
             return
         step = rec.get("step", 0) if global_step is None else global_step
         prefix = rec["task"] + ("/replay" if rec.get("event") == "replay" else "")

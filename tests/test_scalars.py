@@ -31,6 +31,8 @@ def test_tensorboard_gets_the_same_numbers(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    ScalarLog(str(tmp_path)).close()
+    assert not (tmp_path / "tensorboard").exists()  # nothing logged, no event file
     log = ScalarLog(str(tmp_path))
     assert log.tensorboard
     log.write({"task": "rnnlg.tv", "step": 0, "event": "replay", "generated": 6, "parsed": 5, "dropped": 1})
