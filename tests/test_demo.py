@@ -1,0 +1,47 @@
+"""The offline demo: its per-strategy configurations and a miniature run end to end."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from l2kd import demo
+
+
+def test_demo_configs_per_strategy(tmp_path):
+    args = demo.build_parser().parse_args(["--out", str(tmp_path), "--pct", "0.25", "--gem_pct", "0.01",
+                                           "--temperature_kd", "1.5", "--seeds", "3", "4"])
+    lll = demo.demo_config("lll", args, 4)
+    assert (lll.seq_train_type, lll.gen_lm_sample_percentage, lll.seed) == ("lll", 0.25, 4)
+    assert lll.model_dir_root == str(tmp_path) and lll.teacher_root == str(tmp_path)
+    gem = demo.demo_config("gem", args)
+    assert gem.seq_train_type == "gem" and gem.gen_lm_sample_percentage == 0.01 and gem.seed == 3
+    kd = demo.demo_config("lll+seqkd_soft", args)
+    assert kd.distil and kd.seq_distil and kd.temperature_kd == 1.5
+    assert kd.model_dir_root == os.path.join(str(tmp_path), "lll+seqkd_soft")  # apart from plain lll
+    shared = demo.build_parser().parse_args(["--out", str(tmp_path), "--teacher_root", "/teachers"])
+    assert demo.demo_config("lll+word_kd", shared).teacher_root == "/teachers"
+
+
+@pytest.mark.slow
+def test_miniature_demo_prints_the_tables(tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "demo"
+    threads = torch.get_num_threads()
+    try:
+        assert demo.main(["--out", str(out), "--tasks", "rnnlg.rest", "rnnlg.tv", "--train", "16", "--test", "4",
+                          "--epochs", "1", "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)  # main() sets the thread count for the whole process
+    text = capsys.readouterr().out
+    assert "untrained tiny GPT-2" in text and "final scores (after the last task)" in text
+    assert "== finetune: trained in" in text and "== lll: trained in" in text
+    assert "pseudo-samples generated" in text  # LAMOL's replay before the second task is shown
+    summary = json.loads((out / "demo_summary.json").read_text())
+    assert set(summary["strategies"]) == {"finetune", "lll"}
+    lll = summary["strategies"]["lll"]
+    assert len(lll["matrix"]) == 2 and lll["replay"]["rnnlg.tv"]["generated"] == 4  # ceil(0.2 * 16)
+    for run in summary["strategies"].values():
+        assert os.path.isfile(os.path.join(run["run_dir"], "accuracy_matrix.png"))
