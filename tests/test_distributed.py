@@ -15,8 +15,11 @@ def _files(root):
     out = set()
     for d, _, fs in os.walk(root):
         for f in fs:
-            if not f.startswith(".tmp"):
-                out.add(os.path.relpath(os.path.join(d, f), root))
+            if f.startswith(".tmp"):
+                continue
+            if f.startswith("events.out.tfevents."):  # TensorBoard names files by time, host and pid
+                f = "events.out.tfevents.*"
+            out.add(os.path.relpath(os.path.join(d, f), root))
     return out
 
 
