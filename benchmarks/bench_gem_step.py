@@ -51,7 +51,8 @@ def bench_step(args, device, records):
     from l2kd.ops.gem_project import gem_project
     from l2kd.strategies import GEM, TaskContext
     from l2kd.tokenizer import add_special_tokens, load_base_tokenizer
-    from l2kd.train import load_task_examples, make_optimizer
+    from l2kd.data.loading import load_task_examples
+    from l2kd.loop.task import make_optimizer
 
     tasks = ["rnnlg.rest", "rnnlg.hotel", "rnnlg.laptop", "e2enlg"][: args.memories] + ["rnnlg.tv"]
     tok = load_base_tokenizer("tiny-gpt2")
@@ -63,7 +64,7 @@ def bench_step(args, device, records):
         cfg = TrainConfig(tasks=tuple(tasks), data_dir=bundled_data_dir(), model_dir_root=".", model_name="tiny-gpt2",
                           seq_train_type="gem", train_batch_size=8, gen_lm_sample_percentage=1.0,
                           use_kernels=use_kernels, learning_rate=1e-4)
-        data = {t: load_task_examples(cfg, t, "train", tok, ids, 512, args.memory_size) for t in tasks}
+        data = {t: load_task_examples(cfg.data_dir, t, "train", tok, ids, 512, args.memory_size) for t in tasks}
         cur = data[tasks[-1]][:8]
         ctx = TaskContext(index=len(tasks) - 1, tasks=(tasks[-1],), prev_tasks=tuple(tasks[:-1]), cfg=cfg, run_dir=".",
                           tokenizer=tok, ids=ids, task_dir=".", prev_task_dir=None, train_examples=data[tasks[-1]],

@@ -36,7 +36,7 @@ class L2Pull(Strategy):
         return []  # no replay
 
     @torch.no_grad()
-    def after_step(self, model, lr: float, ctx) -> None:
+    def after_step(self, ctx, model, lr: float) -> None:
         for n, p in model.named_parameters():
             a = self.anchor.get(n)
             if a is not None and a.shape == p.shape:

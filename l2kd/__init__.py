@@ -15,8 +15,8 @@ __version__ = "0.1.0"
 
 
 def train_sequence(cfg, strategy=None):
-    """See :func:`l2kd.train.train_sequence`."""
-    from l2kd.train import train_sequence as _train
+    """See :func:`l2kd.loop.train_sequence`."""
+    from l2kd.loop import train_sequence as _train
 
     return _train(cfg, strategy)
 

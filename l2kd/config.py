@@ -1,12 +1,29 @@
 """Frozen configuration dataclasses passed down from the CLIs (no module-level args).
 
-Every field carries its unit or range in a comment. ``dataclasses.asdict(cfg)`` is saved
-with every checkpoint and result file.
+Every field carries its unit or range in a comment. A config validates itself when it is
+built, so the library refuses exactly what the command line refuses, with the same message
+(it names the flag). ``dataclasses.asdict(cfg)`` is saved with every run record.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Tuple
+from typing import List, Tuple
+
+from l2kd.data.tasks import TASKS
+
+SEQ_TRAIN_TYPES = ("lll", "finetune", "multitask", "multilm", "mas", "ewc", "gem")
+
+
+class ConfigError(ValueError):
+    """A configuration value out of range or contradicting another; the message names the flag."""
+
+
+def check_paths(cfg: "TrainConfig") -> None:
+    """Raise :class:`ConfigError` when a folder the run reads is missing."""
+    problems = cfg.path_problems()
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -17,6 +34,27 @@ class SamplingConfig:
     top_p: float = 0.0  # 0 = no nucleus filter; (0, 1]
     temperature: float = 1.0  # > 0, logits are divided by it
     use_kernels: bool = True  # l2kd.ops.top_k_sample when compiled, else reference
+
+    def problems(self, suffix: str) -> List[str]:
+        """What is wrong with this sampling config, naming the ``--*_<suffix>`` flags."""
+        out = []
+        if self.top_k < 0:
+            out.append(f"--top_k_{suffix}: must be >= 0 (0 = no top-k) (got {self.top_k})")
+        if not 0.0 <= self.top_p <= 1.0:
+            out.append(f"--top_p_{suffix}: must be in [0, 1] (got {self.top_p})")
+        if not self.temperature > 0:
+            out.append(f"--temperature_{suffix}: must be > 0 (got {self.temperature})")
+        return out
+
+    def path_problems(self) -> List[str]:
+        """The folders this config reads that do not exist (checked when a run starts, not at
+        construction, so a config can describe a run made on another machine)."""
+        out = []
+        if self.teacher_dir and not os.path.isdir(self.teacher_dir):
+            out.append(f"--teacher_dir: {self.teacher_dir!r} is not a directory")
+        if not os.path.isdir(self.data_dir):
+            out.append(f"--data_dir: {self.data_dir!r} is not a directory")
+        return out
 
 
 @dataclass(frozen=True)
@@ -84,3 +122,74 @@ class TrainConfig:
     quiet: bool = False
     skip_tasks: Tuple[str, ...] = ()
     test_training_set: bool = False
+    discard_stale: bool = False  # move tasks learnt under another configuration aside and retrain them
+
+    def __post_init__(self) -> None:
+        errors = self.problems()
+        if errors:
+            raise ConfigError("; ".join(errors))
+
+    def problems(self) -> List[str]:
+        """Every out-of-range or contradictory value, one message per problem (flag named)."""
+        bad = [t for t in self.tasks if t not in TASKS]
+        out = []
+        if not self.tasks:
+            out.append("--tasks: at least one task is needed")
+        if bad:
+            out.append(f"--tasks: unknown task(s) {', '.join(bad)}; valid tasks: {' '.join(TASKS)}")
+        if len(set(self.tasks)) != len(self.tasks):
+            out.append(f"--tasks: a task appears twice in {' '.join(self.tasks)}")
+        skip_bad = [t for t in self.skip_tasks if t not in self.tasks]
+        if skip_bad:
+            out.append(f"--skip_tasks: {', '.join(skip_bad)} not in --tasks")
+        checks = [
+            ("--gen_lm_sample_percentage", 0.0 <= self.gen_lm_sample_percentage <= 10.0, "must be in [0, 10]",
+             self.gen_lm_sample_percentage),
+            ("--learning_rate", self.learning_rate > 0, "must be > 0", self.learning_rate),
+            ("--adam_epsilon", self.adam_epsilon > 0, "must be > 0", self.adam_epsilon),
+            ("--lm_lambda", self.lm_lambda >= 0, "must be >= 0", self.lm_lambda),
+            ("--n_train_epochs", self.n_train_epochs >= 1, "must be >= 1", self.n_train_epochs),
+            ("--max_n_epochs", self.max_n_epochs >= 1, "must be >= 1", self.max_n_epochs),
+            ("--n_warmup_ratio", 0.0 <= self.n_warmup_ratio < 1.0, "must be in [0, 1)", self.n_warmup_ratio),
+            ("--decay_style", self.decay_style in ("linear", "cos", "constant", "exp"),
+             "must be linear, cos, constant or exp", self.decay_style),
+            ("--min_batch_size", self.min_batch_size >= 1, "must be >= 1", self.min_batch_size),
+            ("--min_n_steps", self.min_n_steps >= 1, "must be >= 1", self.min_n_steps),
+            ("--train_batch_size", self.train_batch_size >= 0, "must be >= 0 (0 = dynamic)", self.train_batch_size),
+            ("--test_batch_size", self.test_batch_size >= 0, "must be >= 0 (0 = dynamic)", self.test_batch_size),
+            ("--temperature_kd", self.temperature_kd > 0, "must be > 0", self.temperature_kd),
+            ("--tokens_weight", self.tokens_weight > 0, "must be > 0", self.tokens_weight),
+            ("--weight_decay", self.weight_decay >= 0, "must be >= 0", self.weight_decay),
+            ("--max_grad_norm", self.max_grad_norm >= 0, "must be >= 0", self.max_grad_norm),
+            ("--reg_lambda", self.reg_lambda >= 0, "must be >= 0", self.reg_lambda),
+            ("--reg_anchor", self.reg_anchor in ("initial", "previous"), "must be initial or previous",
+             self.reg_anchor),
+            ("--logging_steps", self.logging_steps >= 1, "must be >= 1", self.logging_steps),
+            ("--checkpoint_steps", self.checkpoint_steps >= 0, "must be >= 0", self.checkpoint_steps),
+            ("--max_train_examples", self.max_train_examples >= 0, "must be >= 0", self.max_train_examples),
+            ("--max_test_examples", self.max_test_examples >= 0, "must be >= 0", self.max_test_examples),
+            ("--max_gen_len", self.max_gen_len >= 0, "must be >= 0", self.max_gen_len),
+            ("--cpu_batch_tokens", self.cpu_batch_tokens >= 64, "must be >= 64", self.cpu_batch_tokens),
+            ("--teacher_n_train_epochs", self.teacher_n_train_epochs >= 0, "must be >= 0",
+             self.teacher_n_train_epochs),
+            ("--teacher_learning_rate", self.teacher_learning_rate >= 0, "must be >= 0", self.teacher_learning_rate),
+        ]
+        out += [f"{flag}: {why} (got {got})" for flag, ok, why, got in checks if not ok]
+        out += self.lm_sampling.problems("lm") + self.qa_sampling.problems("qa")
+        if self.real_sample and "lll" not in self.seq_train_type:
+            out.append("--real_sample only applies to --seq_train_type lll")
+        if self.seq_train_type in ("multitask", "multilm") and (self.distil or self.seq_distil):
+            out.append(f"--distil/--seq_distil are not supported with --seq_train_type {self.seq_train_type}")
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            out.append(f"--device: expected auto, cpu, cuda or cuda:N (got {self.device!r})")
+        return out
+
+    def path_problems(self) -> List[str]:
+        """The folders this config reads that do not exist (checked when a run starts, not at
+        construction, so a config can describe a run made on another machine)."""
+        out = []
+        if self.teacher_dir and not os.path.isdir(self.teacher_dir):
+            out.append(f"--teacher_dir: {self.teacher_dir!r} is not a directory")
+        if not os.path.isdir(self.data_dir):
+            out.append(f"--data_dir: {self.data_dir!r} is not a directory")
+        return out

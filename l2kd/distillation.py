@@ -1,14 +1,16 @@
 """L2KD teachers and Seq-KD data.
 
 A teacher of task t is a single-task LAMOL model (``lll`` on ``[t]``, QA + LM loss, no
-replay). l2kd looks for one, in order (DESIGN.md "Teachers"):
+replay). l2kd looks for one, in order:
 
 1. ``--teacher_dir`` (a folder with ``<t>/model-finish`` or ``model-finish`` itself),
 2. where the original hard-codes it: ``models/<model>/lll/<t>_0.2/<t>/`` relative to the
    working directory (logged when used),
 3. under the run's model root, in l2kd's layout: ``<root>/<model>/lll/<t>_0.2_<seed>/<t>/``,
 
-and trains it there (same hyper-parameters unless ``--teacher_*`` overrides) when none exists.
+and trains it there (same hyper-parameters unless ``--teacher_*`` overrides) when none exists,
+through the ``train_teacher`` function the training loop passes in (this module does not
+import the loop).
 
 Seq-KD replaces a task's gold training answers by the teacher's greedy decodes. The file is
 named as the original expected it (``str.replace("train", "distil")`` on the file name:
@@ -22,19 +24,24 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 
+from l2kd.checkpoint import load_task_model
 from l2kd.config import SamplingConfig, TrainConfig
+from l2kd.data.qa_format import encode_example
 from l2kd.data.squad import QAExample, load_squad_file, squad_document
 from l2kd.data.tasks import task_file
+from l2kd.evaluate import predict
 from l2kd.io_utils import atomic_write_json
-from l2kd.model import model_from_task_dir
-from l2kd.settings import run_dir
+from l2kd.layout import model_tag, run_dir
+from l2kd.model import context_length, model_from_task_dir
+from l2kd.tokenizer import add_special_tokens, load_base_tokenizer
 
 log = logging.getLogger("l2kd")
 TEACHER_PCT = 0.2  # the original's teacher folder name hard-codes 0.2
+TrainTeacher = Callable[[TrainConfig], str]  # trains a config, returns its run folder
 
 
 def teacher_config(cfg: TrainConfig, task: str) -> TrainConfig:
@@ -47,16 +54,12 @@ def teacher_config(cfg: TrainConfig, task: str) -> TrainConfig:
     )
 
 
-def _model_tag(model_name: str) -> str:
-    return os.path.basename(os.path.normpath(model_name)) if os.path.isdir(model_name) else model_name
-
-
 def find_teacher(cfg: TrainConfig, task: str) -> Optional[str]:
     """The folder holding ``task``'s teacher ``model-finish``, or None when there is none yet."""
     candidates = []
     if cfg.teacher_dir:
         candidates += [os.path.join(cfg.teacher_dir, task), cfg.teacher_dir]
-    candidates.append(os.path.join("models", _model_tag(cfg.model_name), "lll", f"{task}_{TEACHER_PCT}", task))
+    candidates.append(os.path.join("models", model_tag(cfg.model_name), "lll", f"{task}_{TEACHER_PCT}", task))
     tcfg = teacher_config(cfg, task)
     candidates.append(os.path.join(run_dir(tcfg.model_dir_root, tcfg.model_name, "lll", [task], TEACHER_PCT,
                                            tcfg.seed), task))
@@ -69,27 +72,19 @@ def find_teacher(cfg: TrainConfig, task: str) -> Optional[str]:
     return None
 
 
-def ensure_teacher(cfg: TrainConfig, task: str) -> str:
-    """Find ``task``'s teacher, training it first when none exists; return its folder."""
+def ensure_teacher(cfg: TrainConfig, task: str, train_teacher: TrainTeacher) -> str:
+    """Find ``task``'s teacher, training it with ``train_teacher`` first when none exists; return its folder."""
     found = find_teacher(cfg, task)
     if found:
         log.info("[%s] teacher: %s", task, found)
         return found
-    from l2kd.train import setup_logging, train_sequence
-
     tcfg = teacher_config(cfg, task)
     log.info("[%s] no teacher found: training a single-task teacher (%d epochs)", task, tcfg.n_train_epochs)
-    summary = train_sequence(tcfg)
-    student_run = run_dir(cfg.model_dir_root, cfg.model_name, cfg.seq_train_type, list(cfg.tasks),
-                          cfg.gen_lm_sample_percentage, cfg.seed)
-    setup_logging(os.path.join(student_run, "log_train.txt"), cfg.quiet)  # back to the student's log
-    return os.path.join(summary["run_dir"], task)
+    return os.path.join(train_teacher(tcfg), task)
 
 
 def load_teacher(tdir: str, device: torch.device) -> torch.nn.Module:
     """The teacher model in eval mode, frozen."""
-    from l2kd.train import load_task_model
-
     model = model_from_task_dir(tdir)
     load_task_model(model, tdir)
     model.to(device).eval()
@@ -125,7 +120,7 @@ def distil_file_path(cfg: TrainConfig, task: str, teacher_dir: str) -> str:
     return os.path.join(teacher_dir, name)
 
 
-def ensure_distil_data(cfg: TrainConfig, task: str, device: torch.device) -> str:
+def ensure_distil_data(cfg: TrainConfig, task: str, device: torch.device, train_teacher: TrainTeacher) -> str:
     """Path of ``task``'s Seq-KD training file, building it with the teacher when missing.
 
     A file beside the data that l2kd did not build (no ``l2kd_teacher`` record) is the user's,
@@ -139,7 +134,7 @@ def ensure_distil_data(cfg: TrainConfig, task: str, device: torch.device) -> str
     if os.path.isfile(beside) and _built_by(beside) is None:
         log.info("[%s] Seq-KD data: using %s (not built by l2kd)", task, beside)
         return beside
-    teacher_dir = ensure_teacher(cfg, task)
+    teacher_dir = ensure_teacher(cfg, task, train_teacher)
     mine = teacher_fingerprint(teacher_dir)
     for path in (beside, os.path.join(teacher_dir, name)):
         if os.path.isfile(path) and _built_by(path) == mine:
@@ -150,11 +145,6 @@ def ensure_distil_data(cfg: TrainConfig, task: str, device: torch.device) -> str
         log.info("[%s] Seq-KD data %s was built by another teacher (%s); building this teacher's in %s",
                  task, path, (_built_by(path) or {}).get("teacher"), teacher_dir)
         path = os.path.join(teacher_dir, name)
-    from l2kd.data.qa_format import encode_example
-    from l2kd.evaluate import predict
-    from l2kd.model import context_length
-    from l2kd.tokenizer import add_special_tokens, load_base_tokenizer
-
     raw = load_squad_file(task_file(cfg.data_dir, task, "train"), task)
     if cfg.max_train_examples:
         raw = raw[: cfg.max_train_examples]

@@ -14,22 +14,27 @@ import io
 import json
 import logging
 import os
-import re
 from typing import Dict, List, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from l2kd.checkpoint import load_task_model
 from l2kd.config import SamplingConfig, TrainConfig
+from l2kd.data.loading import load_task_examples
 from l2kd.data.qa_format import Encoded
 from l2kd.data.squad import load_answers_file
 from l2kd.data.tasks import answers_path, get_task
 from l2kd.generation import generate
 from l2kd.io_utils import atomic_write_json, atomic_write_text
+from l2kd.layout import ACCURACY_MATRIX, MULTI_TYPES, RUN_RECORD, TASK_RECORD, TEST_LOG, run_dir_of, saved_epochs
+from l2kd.layout import stages as stages_of
+from l2kd.layout import task_dir
 from l2kd.metrics import (backward_transfer, compute_metrics, forgetting, forward_transfer,
                           task_score)
 from l2kd.model import context_length, model_from_task_dir
-from l2kd.settings import run_dir, task_dir
+from l2kd.run_identity import differences, learning_config, test_settings
+from l2kd.runtime import log_to, resolve_device
 from l2kd.tokenizer import add_special_tokens, load_base_tokenizer
 
 log = logging.getLogger("l2kd")
@@ -107,12 +112,24 @@ def _align_answers(examples: Sequence[Encoded], answers: list) -> list:
 
 def _epochs_of(tdir: str) -> List[int]:
     try:
-        with open(os.path.join(tdir, "l2kd_task.json")) as f:
+        with open(os.path.join(tdir, TASK_RECORD)) as f:
             n = int(json.load(f)["epochs"])
         return list(range(1, n + 1))
     except (OSError, KeyError, ValueError):
-        found = [int(m.group(1)) for f in os.listdir(tdir) if (m := re.fullmatch(r"model-(\d+)", f))]
-        return sorted(found)
+        return saved_epochs(tdir)
+
+
+def _warn_other_config(rdir: str, cfg: TrainConfig) -> None:
+    """Say so when the run's models were learnt under other flags than the test command's."""
+    try:
+        with open(os.path.join(rdir, RUN_RECORD)) as f:
+            recorded = json.load(f).get("identity")
+    except (OSError, ValueError, AttributeError):
+        return
+    diffs = differences(recorded, learning_config(cfg)) if recorded else []
+    if diffs:
+        log.warning("the models in %s were trained with other flags than this test command's (%s); the scores "
+                    "describe the trained models", rdir, "; ".join(diffs))
 
 
 def evaluate_run(cfg: TrainConfig, device: Optional[torch.device] = None, quiet: bool = False
@@ -120,29 +137,30 @@ def evaluate_run(cfg: TrainConfig, device: Optional[torch.device] = None, quiet:
     """Test every trained task model of the run on every task; write metrics and the matrix.
 
     Returns ``{"tasks", "matrix" (R[i][j], 0-100), "average", "backward_transfer",
-    "forgetting", "forward_transfer", "metrics"}`` and writes it to ``<run>/accuracy_matrix.json``.
+    "forgetting", "forward_transfer", "metrics", "test_settings"}`` and writes it to
+    ``<run>/accuracy_matrix.json``.
     """
-    from l2kd.train import load_task_model, load_task_examples, resolve_device, setup_logging
-
     device = device or resolve_device(cfg.device)
-    rdir = run_dir(cfg.model_dir_root, cfg.model_name, cfg.seq_train_type, list(cfg.tasks),
-                   cfg.gen_lm_sample_percentage, cfg.seed)
+    rdir = run_dir_of(cfg)
     if not os.path.isdir(rdir):
         raise FileNotFoundError(f"run folder {rdir} does not exist: train first (same flags)")
-    setup_logging(os.path.join(rdir, "log_test.txt"), quiet)
-    multitask = cfg.seq_train_type in ("multitask", "multilm")
-    stages = [list(cfg.tasks)] if multitask else [[t] for t in cfg.tasks]
+    with log_to(os.path.join(rdir, TEST_LOG), quiet):
+        _warn_other_config(rdir, cfg)
+        return _evaluate_stages(cfg, rdir, device, quiet)
+
+
+def _evaluate_stages(cfg: TrainConfig, rdir: str, device: torch.device, quiet: bool) -> Dict[str, object]:
+    stages = stages_of(cfg.seq_train_type, cfg.tasks)
     R: List[List[float]] = []
     all_metrics: Dict[str, Dict[str, Dict[str, float]]] = {}
     test_cache: Dict[str, List[Encoded]] = {}
-    for stage in stages:
+    for index, stage in enumerate(stages):
         tdir = task_dir(rdir, cfg.seq_train_type, stage[0])
         if not os.path.isfile(os.path.join(tdir, "config.json")):
             log.info("skip %s: not trained", tdir)
             break
         tok = load_base_tokenizer(cfg.model_name)
-        ids = add_special_tokens(tok, [t for s in stages[: stages.index(stage) + 1] for t in s],
-                                 cfg.add_task_tokens, cfg.use_sep)
+        ids = add_special_tokens(tok, [t for s in stages[: index + 1] for t in s], cfg.add_task_tokens, cfg.use_sep)
         model = model_from_task_dir(tdir).to(device)
         max_len = context_length(model)
         epochs = _epochs_of(tdir)
@@ -154,7 +172,8 @@ def evaluate_run(cfg: TrainConfig, device: Optional[torch.device] = None, quiet:
             entry = {}
             for task in tqdm(cfg.tasks, desc=f"test {'+'.join(stage)} model-{ep}", disable=quiet, leave=False):
                 if task not in test_cache:
-                    test_cache[task] = load_task_examples(cfg, task, "test", tok, ids, max_len, cfg.max_test_examples)
+                    test_cache[task] = load_task_examples(cfg.data_dir, task, "test", tok, ids, max_len,
+                                                          cfg.max_test_examples)
                 csv_path = os.path.join(tdir, f"qa_{task}_{ep}.csv")
                 entry[task] = evaluate_task(model, tok, ids, cfg, task, test_cache[task], gen, csv_path)
             entries.append(entry)
@@ -163,9 +182,10 @@ def evaluate_run(cfg: TrainConfig, device: Optional[torch.device] = None, quiet:
         R.append([task_score(t, final[t]) for t in cfg.tasks])
         all_metrics["+".join(stage)] = final
         log.info("after %s: %s", "+".join(stage), " ".join(f"{t}={s:.1f}" for t, s in zip(cfg.tasks, R[-1])))
-    result = matrix_report(list(cfg.tasks), R, multitask)
+    result = matrix_report(list(cfg.tasks), R, cfg.seq_train_type in MULTI_TYPES)
     result["metrics"] = all_metrics
-    atomic_write_json(os.path.join(rdir, "accuracy_matrix.json"), result)
+    result["test_settings"] = test_settings(cfg)
+    atomic_write_json(os.path.join(rdir, ACCURACY_MATRIX), result)
     return result
 
 

@@ -1,23 +1,21 @@
 """Command-line flags: every flag of L2KD's settings.py (a superset of LAMOL's), same names,
 types, choices and defaults, plus a few l2kd options (clearly grouped), and the output layout.
 
-The parser only parses and validates; :func:`to_train_config` turns the namespace into the
-frozen dataclasses the library takes. No module-level ``args``.
+The parser only parses; :func:`config_from_args` turns the namespace into the frozen
+:class:`~l2kd.config.TrainConfig`, which validates itself, so the command line and the
+library refuse the same things with the same messages. No module-level ``args``.
 """
 from __future__ import annotations
 
 import argparse
 import os
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
-from l2kd.data.tasks import TASKS
+from l2kd.config import SEQ_TRAIN_TYPES, ConfigError, SamplingConfig, TrainConfig
+from l2kd.layout import run_dir, task_dir, writable_root_error
 
-SEQ_TRAIN_TYPES = ["lll", "finetune", "multitask", "multilm", "mas", "ewc", "gem"]
+__all__ = ["build_parser", "parse_args", "validate", "config_from_args", "run_dir", "task_dir"]
 BUILTIN_MODELS = ["gpt2", "openai-gpt", "gpt2-medium", "tiny-gpt2"]
-
-
-class FlagError(SystemExit):
-    """Raised (as a clean exit with status 2) for a bad or contradictory flag."""
 
 
 def _model_name(value: str) -> str:
@@ -66,7 +64,7 @@ def build_parser(prog: str = "l2kd.train") -> argparse.ArgumentParser:
     a("--round_robin", action="store_true")
     a("--seed", type=int, default=42)
     a("--seq_distil", action="store_true")
-    a("--seq_train_type", type=str, default="lll", choices=SEQ_TRAIN_TYPES)
+    a("--seq_train_type", type=str, default="lll", choices=list(SEQ_TRAIN_TYPES))
     a("--skip_tasks", nargs="+")
     a("--tasks", nargs="+", default=["squad2"])
     a("--temperature_kd", type=float, default=2.0)
@@ -117,74 +115,28 @@ def build_parser(prog: str = "l2kd.train") -> argparse.ArgumentParser:
     g.add_argument("--teacher_dir", type=str, default="",
                    help="folder of the L2KD teachers (<dir>/<task>/model-finish); default: search where the "
                         "original looks, then under --model_dir_root, and train missing teachers")
+    g.add_argument("--discard_stale", action="store_true",
+                   help="when the run folder holds tasks learnt with other flags (l2kd refuses to reuse them), move "
+                        "them into <run>/stale-<time>/ and train them again")
     g.add_argument("--teacher_n_train_epochs", type=int, default=0, help="teacher epochs (0 = --n_train_epochs)")
     g.add_argument("--teacher_learning_rate", type=float, default=0.0, help="teacher lr (0 = --learning_rate)")
     return p
 
 
 def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
-    """Reject unknown tasks, bad ranges and contradictory flags with a message naming the flag."""
-    bad = [t for t in args.tasks if t not in TASKS]
-    if bad:
-        parser.error(f"--tasks: unknown task(s) {', '.join(bad)}; valid tasks: {' '.join(TASKS)}")
-    if len(set(args.tasks)) != len(args.tasks):
-        parser.error(f"--tasks: a task appears twice in {' '.join(args.tasks)}")
-    if args.skip_tasks:
-        bad = [t for t in args.skip_tasks if t not in args.tasks]
-        if bad:
-            parser.error(f"--skip_tasks: {', '.join(bad)} not in --tasks")
-    checks = [
-        ("--gen_lm_sample_percentage", 0.0 <= args.gen_lm_sample_percentage <= 10.0, "must be in [0, 10]"),
-        ("--learning_rate", args.learning_rate > 0, "must be > 0"),
-        ("--adam_epsilon", args.adam_epsilon > 0, "must be > 0"),
-        ("--lm_lambda", args.lm_lambda >= 0, "must be >= 0"),
-        ("--n_train_epochs", args.n_train_epochs >= 1, "must be >= 1"),
-        ("--max_n_epochs", args.max_n_epochs >= 1, "must be >= 1"),
-        ("--n_warmup_ratio", 0.0 <= args.n_warmup_ratio < 1.0, "must be in [0, 1)"),
-        ("--min_batch_size", args.min_batch_size >= 1, "must be >= 1"),
-        ("--min_n_steps", args.min_n_steps >= 1, "must be >= 1"),
-        ("--train_batch_size", args.train_batch_size >= 0, "must be >= 0 (0 = dynamic)"),
-        ("--test_batch_size", args.test_batch_size >= 0, "must be >= 0 (0 = dynamic)"),
-        ("--temperature_qa", args.temperature_qa > 0, "must be > 0"),
-        ("--temperature_lm", args.temperature_lm > 0, "must be > 0"),
-        ("--temperature_kd", args.temperature_kd > 0, "must be > 0"),
-        ("--top_k_qa", args.top_k_qa >= 0, "must be >= 0 (0 = no top-k)"),
-        ("--top_k_lm", args.top_k_lm >= 0, "must be >= 0 (0 = no top-k)"),
-        ("--top_p_qa", 0.0 <= args.top_p_qa <= 1.0, "must be in [0, 1]"),
-        ("--top_p_lm", 0.0 <= args.top_p_lm <= 1.0, "must be in [0, 1]"),
-        ("--tokens_weight", args.tokens_weight > 0, "must be > 0"),
-        ("--weight_decay", args.weight_decay >= 0, "must be >= 0"),
-        ("--max_grad_norm", args.max_grad_norm >= 0, "must be >= 0"),
-        ("--n_gpus", args.n_gpus >= 1, "must be >= 1"),
-        ("--reg_lambda", args.reg_lambda >= 0, "must be >= 0"),
-        ("--logging_steps", args.logging_steps >= 1, "must be >= 1"),
-        ("--checkpoint_steps", args.checkpoint_steps >= 0, "must be >= 0"),
-        ("--max_train_examples", args.max_train_examples >= 0, "must be >= 0"),
-        ("--max_test_examples", args.max_test_examples >= 0, "must be >= 0"),
-        ("--cpu_batch_tokens", args.cpu_batch_tokens >= 64, "must be >= 64"),
-        ("--teacher_n_train_epochs", args.teacher_n_train_epochs >= 0, "must be >= 0"),
-        ("--teacher_learning_rate", args.teacher_learning_rate >= 0, "must be >= 0"),
-    ]
-    for flag, ok, why in checks:
-        if not ok:
-            parser.error(f"{flag}: {why} (got {getattr(args, flag[2:])})")
-    if args.real_sample and "lll" not in args.seq_train_type:
-        parser.error("--real_sample only applies to --seq_train_type lll")
-    if args.seq_train_type in ("multitask", "multilm") and (args.distil or args.seq_distil):
-        parser.error(f"--distil/--seq_distil are not supported with --seq_train_type {args.seq_train_type}")
-    if args.teacher_dir and not os.path.isdir(args.teacher_dir):
-        parser.error(f"--teacher_dir: {args.teacher_dir!r} is not a directory")
-    if not os.path.isdir(args.data_dir):
-        parser.error(f"--data_dir: {args.data_dir!r} is not a directory")
-    root = os.path.abspath(args.model_dir_root)
-    existing = root
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
-        parser.error(f"--model_dir_root: {args.model_dir_root!r} cannot be created or written ({existing} is not a "
-                     "writable directory)")
-    if args.device != "auto" and not (args.device == "cpu" or args.device.startswith("cuda")):
-        parser.error(f"--device: expected auto, cpu, cuda or cuda:N (got {args.device!r})")
+    """Refuse what :class:`~l2kd.config.TrainConfig` refuses (same messages) and an unwritable root."""
+    problems = []
+    try:
+        problems += config_from_args(args).path_problems()
+    except ConfigError as exc:
+        problems.append(str(exc))
+    root_error = writable_root_error(args.model_dir_root)
+    if root_error:
+        problems.append(root_error)
+    if args.n_gpus < 1:
+        problems.append(f"--n_gpus: must be >= 1 (got {args.n_gpus})")
+    if problems:
+        parser.error("; ".join(problems))
     return args
 
 
@@ -195,21 +147,29 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = "l2kd.train") -
     return validate(args, parser)
 
 
-def run_dir(model_dir_root: str, model_name: str, seq_train_type: str, tasks: List[str],
-            gen_lm_sample_percentage: float, seed: int) -> str:
-    """The original's run folder: ``root/model/type/T1_T2.._<pct>_<seed>`` for lll types,
-    else ``root/model/type/T1_T2.._seed_<seed>`` (K:settings.py:95-97)."""
-    model_tag = os.path.basename(os.path.normpath(model_name)) if os.path.isdir(model_name) else model_name
-    name = "_".join(tasks)
-    if "lll" in seq_train_type:
-        name = f"{name}_{float(gen_lm_sample_percentage)}_{seed}"
-    else:
-        name = f"{name}_seed_{seed}"
-    return os.path.join(model_dir_root, model_tag, seq_train_type, name)
-
-
-def task_dir(run_directory: str, seq_train_type: str, task: str) -> str:
-    """Per-task folder; multitask and multilm write into the run folder itself."""
-    if seq_train_type in ("multitask", "multilm"):
-        return run_directory
-    return os.path.join(run_directory, task)
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Turn a parsed command line into a (self-validating) :class:`TrainConfig`."""
+    use_k = not args.no_kernels
+    return TrainConfig(
+        tasks=tuple(args.tasks), data_dir=args.data_dir, model_dir_root=args.model_dir_root,
+        model_name=args.model_name, seq_train_type=args.seq_train_type, seed=args.seed,
+        learning_rate=args.learning_rate, adam_epsilon=args.adam_epsilon, weight_decay=args.weight_decay,
+        max_grad_norm=float(args.max_grad_norm), n_warmup_ratio=args.n_warmup_ratio, decay_style=args.decay_style,
+        textbook_schedule=args.textbook_schedule, no_decay_layernorm=args.no_decay_layernorm,
+        n_train_epochs=args.n_train_epochs, dynamic_epochs=args.dynamic_epochs, max_n_epochs=args.max_n_epochs,
+        train_batch_size=args.train_batch_size, min_batch_size=args.min_batch_size, min_n_steps=args.min_n_steps,
+        cpu_batch_tokens=args.cpu_batch_tokens, lm_lambda=args.lm_lambda, tokens_weight=args.tokens_weight,
+        add_task_tokens=args.add_task_tokens, use_sep=args.use_sep, max_train_examples=args.max_train_examples,
+        max_test_examples=args.max_test_examples, gen_lm_sample_percentage=args.gen_lm_sample_percentage,
+        real_sample=args.real_sample,
+        lm_sampling=SamplingConfig(args.top_k_lm, args.top_p_lm, args.temperature_lm, use_k),
+        qa_sampling=SamplingConfig(args.top_k_qa, args.top_p_qa, args.temperature_qa, use_k),
+        max_gen_len=args.max_gen_len, test_batch_size=args.test_batch_size, test_all=args.test_all,
+        reg_lambda=args.reg_lambda, qp_margin=args.qp_margin, reg_anchor=args.reg_anchor, distil=args.distil,
+        seq_distil=args.seq_distil, temperature_kd=args.temperature_kd, ref1=args.ref1,
+        teacher_dir=args.teacher_dir, teacher_n_train_epochs=args.teacher_n_train_epochs,
+        teacher_learning_rate=args.teacher_learning_rate, device=args.device, fp32=args.fp32,
+        bf16_cpu=args.bf16_cpu, use_kernels=use_k, logging_steps=args.logging_steps,
+        checkpoint_steps=args.checkpoint_steps, quiet=args.quiet, skip_tasks=tuple(args.skip_tasks or ()),
+        test_training_set=args.test_training_set, discard_stale=args.discard_stale,
+    )

@@ -10,7 +10,7 @@ import pytest
 
 from l2kd.config import SamplingConfig, TrainConfig
 from l2kd.evaluate import evaluate_run
-from l2kd.train import train_sequence
+from l2kd.loop import train_sequence
 
 pytestmark = pytest.mark.slow
 
@@ -156,8 +156,8 @@ def test_nan_loss_stops_cleanly_and_keeps_finished_tasks(tmp_path, data_dir):
     from l2kd.strategies import Strategy
 
     class NaNOnSecondTask(Strategy):
-        def loss(self, model, batch, weight, ctx):
-            loss, logs = super().loss(model, batch, weight, ctx)
+        def loss(self, ctx, model, batch, weight):
+            loss, logs = super().loss(ctx, model, batch, weight)
             return (loss * float("nan") if ctx.index == 1 else loss), logs
 
     cfg = _cfg(tmp_path, data_dir, seq_train_type="finetune", n_train_epochs=4, max_train_examples=16)

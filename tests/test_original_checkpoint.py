@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from l2kd.model import load_base_model
-from l2kd.train import load_task_model
+from l2kd.checkpoint import load_task_model
 
 
 def test_original_key_layout_loads(tmp_path):

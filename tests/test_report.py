@@ -11,8 +11,8 @@ import pytest
 
 from l2kd.config import TrainConfig
 from l2kd.evaluate import matrix_report
-from l2kd.report import (DPI, ReportError, compare, curves_figsize, format_comparison, load_run, main,
-                         matrix_figsize, plot_matrix)
+from l2kd.cli.report import main
+from l2kd.reporting import (DPI, ReportError, compare, curves_figsize, format_comparison, load_run, matrix_figsize, plot_matrix)
 
 TASKS = ["rnnlg.rest", "rnnlg.tv", "rnnlg.hotel"]
 # lll seed 1 / seed 2 and finetune seed 1; R[i][j] = score on task j after task i

@@ -2,18 +2,26 @@
 from __future__ import annotations
 
 from l2kd.config import TrainConfig
-from l2kd.strategies.base import Sequential, Strategy, TaskContext
+from l2kd.strategies.base import HOOKS, Sequential, Strategy, TaskContext, Wrapper
 from l2kd.strategies.ewc import EWC
 from l2kd.strategies.gem import GEM
 from l2kd.strategies.lamol import LAMOL, MultiLM
 from l2kd.strategies.mas import MAS
+from l2kd.strategies.seq_kd import SeqKD
 from l2kd.strategies.word_kd import WordKD
+
+BUILTIN_NAMES = frozenset({"lll", "multilm", "finetune", "multitask", "ewc", "mas", "gem"})
 
 
 def make_strategy(cfg: TrainConfig) -> Strategy:
-    """The strategy for ``cfg.seq_train_type``, wrapped in Word-KD with ``--distil``."""
-    base = _base_strategy(cfg)
-    return WordKD(base) if cfg.distil else base
+    """The strategy for ``cfg.seq_train_type``: Seq-KD around it with ``--seq_distil``, and
+    Word-KD outermost with ``--distil`` (both: Seq-KD soft)."""
+    strategy = _base_strategy(cfg)
+    if cfg.seq_distil:
+        strategy = SeqKD(strategy)
+    if cfg.distil:
+        strategy = WordKD(strategy)
+    return strategy
 
 
 def _base_strategy(cfg: TrainConfig) -> Strategy:
@@ -33,7 +41,8 @@ def _base_strategy(cfg: TrainConfig) -> Strategy:
     raise ValueError(f"unknown --seq_train_type {t!r}")
 
 
-__all__ = ["Strategy", "Sequential", "TaskContext", "LAMOL", "MultiLM", "WordKD", "EWC", "MAS", "GEM", "make_strategy"]
+__all__ = ["Strategy", "Sequential", "Wrapper", "HOOKS", "TaskContext", "LAMOL", "MultiLM", "WordKD", "SeqKD", "EWC",
+           "MAS", "GEM", "make_strategy", "load_custom_strategy"]
 
 
 def load_custom_strategy(spec: str) -> Strategy:
@@ -56,4 +65,20 @@ def load_custom_strategy(spec: str) -> Strategy:
     cls = getattr(module, cls_name, None)
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):
         raise ValueError(f"--custom_strategy {spec!r}: {cls_name} is not a l2kd.strategies.Strategy subclass")
+    check_custom_name(cls, spec)
     return cls()
+
+
+def check_custom_name(cls: type, spec: str) -> None:
+    """A user strategy must name itself: the name is its output folder, and an inherited one
+    (``finetune``, ``lll``...) would write into, and resume from, a built-in strategy's runs."""
+    import re
+
+    own = next((c for c in cls.__mro__ if "name" in c.__dict__), None)
+    name = getattr(cls, "name", "")
+    if own is None or own.__module__.startswith("l2kd.strategies") or name in BUILTIN_NAMES:
+        raise ValueError(f"--custom_strategy {spec!r}: {cls.__name__} must set its own class attribute `name` "
+                         f"(the output folder; got {name!r}, which is a built-in strategy's)")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name):
+        raise ValueError(f"--custom_strategy {spec!r}: name {name!r} is not a valid folder name "
+                         "(letters, digits, _ . + -)")

@@ -1,7 +1,9 @@
 """The strategy interface: only what differs from plain sequential fine-tuning.
 
-``l2kd.train.train_sequence`` calls these hooks; every default is a no-op (or the plain
-QA loss), so ``Sequential`` overrides nothing.
+The training loop calls the hooks in :data:`HOOKS`, every one as ``hook(ctx, ...)`` with the
+task's :class:`TaskContext` first; every default is a no-op (or the plain QA loss), so
+``Sequential`` overrides nothing. :class:`Wrapper` composes a strategy around a base one
+(Word-KD, Seq-KD) and forwards every hook it does not override.
 """
 from __future__ import annotations
 
@@ -15,8 +17,14 @@ from transformers import PreTrainedModel
 
 from l2kd.config import TrainConfig
 from l2kd.data.qa_format import Batch, Encoded
+from l2kd.distillation import TrainTeacher
 from l2kd.losses import qa_lm_loss
 from l2kd.tokenizer import SpecialIds
+
+
+def _no_teacher_trainer(cfg: TrainConfig) -> str:
+    raise RuntimeError(f"a teacher for {cfg.tasks} is missing and this context has no teacher trainer "
+                       "(train_sequence passes one; give --teacher_dir or train the teacher first)")
 
 
 @dataclass
@@ -32,13 +40,14 @@ class TaskContext:
     ids: SpecialIds
     task_dir: str
     prev_task_dir: Optional[str]
-    train_examples: List[Encoded]
     prev_train_examples: Dict[str, List[Encoded]]
     max_len: int
     device: torch.device
     generator: torch.Generator
     rng: np.random.Generator
     logger: logging.Logger
+    train_teacher: TrainTeacher = field(default=lambda cfg: _no_teacher_trainer(cfg))  # given by the loop
+    train_examples: List[Encoded] = field(default_factory=list)  # set by the loop after training_data
     stats: Dict[str, object] = field(default_factory=dict)  # written to the task summary
 
 
@@ -48,11 +57,15 @@ class Strategy:
     name = "finetune"
     uses_lm_loss = False  # QA + lm_lambda * LM when True (lll, multilm)
 
+    def training_data(self, ctx: TaskContext, task: str) -> Optional[str]:
+        """The file ``task`` trains on in this stage; None = its own training split."""
+        return None
+
     def before_task(self, ctx: TaskContext, model: PreTrainedModel) -> List[Encoded]:
         """Called before a task's first step; returns extra (replayed) training examples."""
         return []
 
-    def loss(self, model: PreTrainedModel, batch: Batch, weight: torch.Tensor, ctx: TaskContext
+    def loss(self, ctx: TaskContext, model: PreTrainedModel, batch: Batch, weight: torch.Tensor
              ) -> Tuple[torch.Tensor, Dict[str, float]]:
         """The loss to minimise on ``batch`` and the scalars to log."""
         lm_in = batch.lm_input if self.uses_lm_loss else None
@@ -62,10 +75,10 @@ class Strategy:
             return qa, {"qa_loss": qa.item()}
         return qa + ctx.cfg.lm_lambda * lm, {"qa_loss": qa.item(), "lm_loss": lm.item()}
 
-    def after_backward(self, model: PreTrainedModel, ctx: TaskContext) -> None:
+    def after_backward(self, ctx: TaskContext, model: PreTrainedModel) -> None:
         """Before the optimizer step (after unscaling and clipping): edit ``.grad`` in place."""
 
-    def after_step(self, model: PreTrainedModel, lr: float, ctx: TaskContext) -> None:
+    def after_step(self, ctx: TaskContext, model: PreTrainedModel, lr: float) -> None:
         """After the optimizer step."""
 
     def after_task(self, ctx: TaskContext, model: PreTrainedModel) -> None:
@@ -80,3 +93,34 @@ class Strategy:
 
 
 Sequential = Strategy
+# Every method the loop calls; a Wrapper forwards each of them (a test keeps this list complete).
+HOOKS = ("training_data", "before_task", "loss", "after_backward", "after_step", "after_task", "state_dict",
+         "load_state_dict")
+
+
+class Wrapper(Strategy):
+    """A strategy around ``base``: every hook it does not override is the base's.
+
+    The forwarding methods are generated from :data:`HOOKS`, so a hook added to
+    :class:`Strategy` (and to ``HOOKS``) reaches the base of every wrapper without edits here.
+    """
+
+    suffix = ""  # appended to the base's name: "lll" + "+word_kd"
+
+    def __init__(self, base: Strategy) -> None:
+        self.base = base
+        self.name = f"{base.name}{self.suffix}"
+        self.uses_lm_loss = base.uses_lm_loss
+
+
+def _forward(hook: str):
+    def forward(self, *args, **kwargs):
+        return getattr(self.base, hook)(*args, **kwargs)
+
+    forward.__name__ = hook
+    forward.__doc__ = f"The base strategy's ``{hook}``."
+    return forward
+
+
+for _hook in HOOKS:
+    setattr(Wrapper, _hook, _forward(_hook))

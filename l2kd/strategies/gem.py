@@ -72,7 +72,7 @@ class GEM(Strategy):
         ctx.stats["gem"] = {"memory_sizes": [len(m) for m in mems], "steps": 0, "projected_steps": 0}
         return []
 
-    def after_backward(self, model: PreTrainedModel, ctx: TaskContext) -> None:
+    def after_backward(self, ctx: TaskContext, model: PreTrainedModel) -> None:
         if not self._batches:
             return
         params, cfg = self._params, ctx.cfg

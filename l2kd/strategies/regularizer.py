@@ -32,9 +32,10 @@ from typing import Callable, Dict, List, Sequence
 import torch
 from transformers import PreTrainedModel
 
-from l2kd.batching import budget_for_device, pack_by_budget
+from l2kd.batching import pack_by_budget, strategy_budget
 from l2kd.data.qa_format import Batch, Encoded, collate
 from l2kd.losses import token_weights
+from l2kd.runtime import precision_context
 from l2kd.strategies.base import Strategy, TaskContext
 
 BatchLoss = Callable[[PreTrainedModel, Batch, List[Encoded]], torch.Tensor]
@@ -48,9 +49,7 @@ def plan_batches(examples: Sequence[Encoded], ctx: TaskContext, batch_size: int 
     n = len(examples)
     if bs > 0:
         return [list(range(i, min(i + bs, n))) for i in range(0, n, bs)]
-    from l2kd.train import MEMORY_FACTOR  # lazy: l2kd.train imports the strategies
-
-    budget = budget_for_device(ctx.device, MEMORY_FACTOR.get(ctx.cfg.seq_train_type, 0.35), ctx.cfg.cpu_batch_tokens)
+    budget = strategy_budget(ctx.device, ctx.cfg.seq_train_type, ctx.cfg.cpu_batch_tokens)
     max_count = max(n // ctx.cfg.min_n_steps, ctx.cfg.min_batch_size)
     return pack_by_budget(list(range(n)), [e.lm_length for e in examples], budget, max_count)
 
@@ -58,9 +57,7 @@ def plan_batches(examples: Sequence[Encoded], ctx: TaskContext, batch_size: int 
 def grad_autocast(ctx: TaskContext):
     """Autocast for gradients computed outside the loop's grad scaler: the loop's bf16 autocast
     when it uses one, else fp32 (fp16 without loss scaling could underflow)."""
-    from l2kd.train import precision_context
-
-    autocast, scaler = precision_context(ctx.device, ctx.cfg)
+    autocast, scaler = precision_context(ctx.device, ctx.cfg.fp32, ctx.cfg.bf16_cpu)
     return nullcontext if scaler is not None else autocast
 
 
@@ -131,8 +128,6 @@ class ImportanceRegularizer(Strategy):
         raise NotImplementedError
 
     def before_task(self, ctx: TaskContext, model: PreTrainedModel) -> List[Encoded]:
-        if ctx.cfg.reg_anchor not in ("initial", "previous"):
-            raise ValueError(f"--reg_anchor must be 'initial' or 'previous', got {ctx.cfg.reg_anchor!r}")
         named = trainable(model)
         if not self.anchor:  # weights before task 1 (both anchors; Omega is 0 during task 1)
             self.anchor = {n: p.detach().clone() for n, p in named}
@@ -142,7 +137,7 @@ class ImportanceRegularizer(Strategy):
                        [self.anchor[n] for n, _ in named if n in self.omega])
         return []
 
-    def after_step(self, model: PreTrainedModel, lr: float, ctx: TaskContext) -> None:
+    def after_step(self, ctx: TaskContext, model: PreTrainedModel, lr: float) -> None:
         if self._lists and self._lists[0] and lr and ctx.cfg.reg_lambda:
             penalty_step(*self._lists, lr, ctx.cfg.reg_lambda)
 

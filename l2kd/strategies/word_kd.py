@@ -3,7 +3,7 @@
 For rows of the current task the QA and LM cross-entropies are replaced by
 ``T^2 * KL(softmax(t/T) || softmax(s/T))`` averaged over their target positions
 (:func:`l2kd.ops.kd_loss`); replayed pseudo-sample rows keep the weighted cross-entropy; a
-batch without pseudo-samples is pure KD (ORIGINAL.md 6). The LM part (lll only) is weighted
+batch without pseudo-samples is pure KD, as the original. The LM part (lll only) is weighted
 by ``lm_lambda``. Non-lll strategies distil the QA loss only. The teacher is a single-task
 model of the current task (:mod:`l2kd.distillation`); its vocabulary may lack later task
 tokens: inputs are clamped to its vocabulary and its distribution widened by its last
@@ -27,22 +27,22 @@ from l2kd.losses import hidden_states
 from l2kd.ops import kd_loss, kd_loss_ref
 from l2kd.ops.linear_cross_entropy import linear_cross_entropy
 from l2kd.ops.linear_kd_loss import linear_kd_loss
-from l2kd.strategies.base import Strategy, TaskContext
+from l2kd.strategies.base import Strategy, TaskContext, Wrapper
 
 
-class WordKD(Strategy):
+class WordKD(Wrapper):
     """Wraps a base strategy (LAMOL or finetune) and distils the current task from its teacher."""
 
+    suffix = "+word_kd"
+
     def __init__(self, base: Strategy) -> None:
-        self.base = base
-        self.name = f"{base.name}+word_kd"
-        self.uses_lm_loss = base.uses_lm_loss
+        super().__init__(base)
         self.teacher: Optional[PreTrainedModel] = None
 
     def before_task(self, ctx: TaskContext, model: PreTrainedModel) -> List[Encoded]:
         extra = self.base.before_task(ctx, model)
         (task,) = ctx.tasks
-        self.teacher = load_teacher(ensure_teacher(ctx.cfg, task), ctx.device)
+        self.teacher = load_teacher(ensure_teacher(ctx.cfg, task, ctx.train_teacher), ctx.device)
         ctx.stats["teacher"] = task
         return extra
 
@@ -73,7 +73,7 @@ class WordKD(Strategy):
             loss = loss + linear_cross_entropy(h[ce_rows], head.weight, tgt[ce_rows], weight)
         return loss
 
-    def loss(self, model: PreTrainedModel, batch: Batch, weight: torch.Tensor, ctx: TaskContext
+    def loss(self, ctx: TaskContext, model: PreTrainedModel, batch: Batch, weight: torch.Tensor
              ) -> Tuple[torch.Tensor, Dict[str, float]]:
         current = ~batch.is_pseudo
         qa = self._part(model, batch.qa_input, batch.qa_target, current, weight, ctx.cfg)
@@ -82,18 +82,6 @@ class WordKD(Strategy):
         lm = self._part(model, batch.lm_input, batch.lm_target, current, weight, ctx.cfg)
         return qa + ctx.cfg.lm_lambda * lm, {"qa_kd_loss": qa.item(), "lm_kd_loss": lm.item()}
 
-    def after_backward(self, model: PreTrainedModel, ctx: TaskContext) -> None:
-        self.base.after_backward(model, ctx)
-
-    def after_step(self, model: PreTrainedModel, lr: float, ctx: TaskContext) -> None:
-        self.base.after_step(model, lr, ctx)
-
     def after_task(self, ctx: TaskContext, model: PreTrainedModel) -> None:
         self.base.after_task(ctx, model)
         self.teacher = None
-
-    def state_dict(self) -> dict:
-        return self.base.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.base.load_state_dict(state)

@@ -85,7 +85,7 @@ def test_penalty_step_formula(tok_ids, tiny_model):
     ctx = make_ctx(tok, ids, exs, reg_lambda=2.0)
     s.before_task(ctx, tiny_model)
     init = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
-    s.after_step(tiny_model, 1e-3, ctx)  # no importance yet: no pull
+    s.after_step(ctx, tiny_model, 1e-3)  # no importance yet: no pull
     assert all(torch.equal(p, init[n]) for n, p in tiny_model.named_parameters())
     with torch.no_grad():
         for p in tiny_model.parameters():
@@ -93,7 +93,7 @@ def test_penalty_step_formula(tok_ids, tiny_model):
     s.after_task(ctx, tiny_model)
     moved = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
     s.before_task(make_ctx(tok, ids, exs, index=1, prev_tasks=("rnnlg.rest",), reg_lambda=2.0), tiny_model)
-    s.after_step(tiny_model, 1e-3, ctx)
+    s.after_step(ctx, tiny_model, 1e-3)
     for n, p in tiny_model.named_parameters():
         torch.testing.assert_close(p.detach(), moved[n] - 1e-3 * 2 * 2.0 * s.omega[n] * (moved[n] - init[n]))
     assert any(bool((s.omega[n] > 0).any()) for n in s.omega)
@@ -142,7 +142,7 @@ def test_grown_vocabulary_rows_are_unregularised(tok_ids, tiny_model):
 
 
 def _run(root, seq_train_type, data_dir, **kw):
-    from l2kd.train import train_sequence
+    from l2kd.loop import train_sequence
 
     cfg = TrainConfig(tasks=("rnnlg.rest", "rnnlg.tv"), data_dir=data_dir, model_dir_root=str(root),
                       model_name="tiny-gpt2", seq_train_type=seq_train_type, max_train_examples=16,

@@ -53,7 +53,7 @@ def current_step(s, ctx, model, exs, ids, w):
     model.zero_grad(set_to_none=True)
     loss.backward()
     g = torch.cat([p.grad.reshape(-1) for p in model.parameters()]).clone()
-    s.after_backward(model, ctx)
+    s.after_backward(ctx, model)
     return g
 
 

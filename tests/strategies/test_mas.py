@@ -59,7 +59,7 @@ def test_mas_pull_and_state(tok_ids, tiny_model):
     t.load_state_dict(s.state_dict())
     t.before_task(make_ctx(tok, ids, exs, index=1, prev_tasks=("rnnlg.rest",), seq_train_type="mas"), tiny_model)
     moved = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
-    t.after_step(tiny_model, 0.1, ctx)
+    t.after_step(ctx, tiny_model, 0.1)
     for n, p in tiny_model.named_parameters():
         torch.testing.assert_close(p.detach(), moved[n] - 0.1 * 2 * 1.0 * s.omega[n] * (moved[n] - init[n]))
 

@@ -36,7 +36,7 @@ def test_word_kd_mixed_batch_formula(tok_ids, tiny_model, base):
     strat = WordKD(base)
     strat.teacher = teacher
     cfg = TrainConfig(tasks=("rnnlg.rest",), data_dir=".", model_dir_root=".", temperature_kd=2.0, lm_lambda=0.25)
-    loss, _ = strat.loss(tiny_model, b, w, SimpleNamespace(cfg=cfg))
+    loss, _ = strat.loss(SimpleNamespace(cfg=cfg), tiny_model, b, w)
 
     def part(inp, tgt):
         s, t = tiny_model(inp).logits, teacher(inp).logits
@@ -61,7 +61,7 @@ def test_seq_kd_soft_trains_teacher_and_builds_distil_data(tmp_path, data_dir):
                       model_name="tiny-gpt2", seq_train_type="lll", gen_lm_sample_percentage=0.25,
                       learning_rate=1e-3, train_batch_size=8, n_train_epochs=1, max_train_examples=16,
                       max_gen_len=16, quiet=True, distil=True, seq_distil=True, qa_sampling=SamplingConfig(top_k=1))
-    from l2kd.train import train_sequence
+    from l2kd.loop import train_sequence
 
     summary = train_sequence(cfg)
     for t in cfg.tasks:  # teachers trained automatically in l2kd's layout, distil data written beside the data
@@ -103,5 +103,8 @@ def test_user_distil_file_is_used_as_is(tmp_path, data_dir):
     shutil.copy(data / "rnnlg.rest_to_squad-train-v2.0.json", user)
     cfg = TrainConfig(tasks=("rnnlg.rest",), data_dir=str(data), model_dir_root=str(tmp_path / "m"),
                       model_name="tiny-gpt2", seq_distil=True, quiet=True)
-    assert ensure_distil_data(cfg, "rnnlg.rest", torch.device("cpu")) == str(user)
+    def no_training(tcfg):
+        raise AssertionError(f"a teacher was trained for {tcfg.tasks}")
+
+    assert ensure_distil_data(cfg, "rnnlg.rest", torch.device("cpu"), no_training) == str(user)
     assert not (tmp_path / "m").exists()

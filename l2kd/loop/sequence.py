@@ -1,0 +1,204 @@
+"""The lifelong sequence: one run folder, its lock and identity, and the stages in order.
+
+``train_sequence`` checks every task's files, refuses a run folder that holds models learnt
+under another configuration, then walks the stages: a finished stage is loaded (with the
+strategy and random state it left), an unfinished one is trained by
+:func:`l2kd.loop.task.train_task`. Teachers that L2KD needs are trained by calling
+``train_sequence`` again on the teacher's own configuration and run folder; strategies get
+that function through their :class:`~l2kd.strategies.TaskContext`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from l2kd import distributed as dist
+from l2kd.checkpoint import load_finished_state, load_task_model, resume_identity
+from l2kd.config import ConfigError, TrainConfig, check_paths
+from l2kd.data.loading import load_task_examples
+from l2kd.data.qa_format import Encoded
+from l2kd.data.squad import load_answers_file, load_squad_file
+from l2kd.data.tasks import answers_path, get_task, task_file
+from l2kd.io_utils import atomic_write_json, remove_stale_temps
+from l2kd.layout import (CHECKPOINT, LOCK, RUN_RECORD, TASK_RECORD, TRAIN_LOG, is_finished, run_dir_of, stages,
+                         task_dir, writable_root_error)
+from l2kd.loop.task import Precision, train_task
+from l2kd.model import context_length, load_base_model, resize_for_tokenizer
+from l2kd.rng import restore_rng
+from l2kd.run_identity import (IdentityMismatch, RunLock, differences, learning_config, mismatch_message,
+                               read_task_identity)
+from l2kd.runtime import log_to, precision_context, resolve_device, seed_everything
+from l2kd.strategies import Strategy, TaskContext, make_strategy
+from l2kd.tokenizer import add_special_tokens, load_base_tokenizer
+
+log = logging.getLogger("l2kd")
+
+
+def train_sequence(cfg: TrainConfig, strategy: Optional[Strategy] = None) -> Dict[str, object]:
+    """Train ``cfg.tasks`` one after another (all at once for multitask/multilm).
+
+    Writes the original's layout (run dir, per-task ``model-<epoch>``, ``model-finish``,
+    ``config.json``, tokenizer files, ``lm.csv``) plus ``l2kd_task.json`` summaries, and
+    returns the run summary. A finished task learnt under the same configuration is loaded,
+    not retrained; one learnt under another is refused (or moved aside with ``discard_stale``).
+    """
+    strategy = strategy or make_strategy(cfg)
+    check_paths(cfg)
+    root_error = writable_root_error(cfg.model_dir_root)
+    if root_error:
+        raise ConfigError(root_error)
+    dist.init_from_env()
+    device = dist.local_device(resolve_device(cfg.device))
+    rdir = run_dir_of(cfg)
+    os.makedirs(rdir, exist_ok=True)
+    main = dist.is_main()
+    with log_to(os.path.join(rdir, TRAIN_LOG) if main else None, cfg.quiet or not main), \
+            (RunLock(os.path.join(rdir, LOCK)) if main else nullcontext()):
+        if main:
+            remove_stale_temps(rdir)  # half-written files of a killed earlier run
+        identity = learning_config(cfg)
+        problem = _check_identity(cfg, rdir, identity) if main else None
+        problem = dist.broadcast(problem)
+        if problem:
+            raise IdentityMismatch(problem)
+        sizes = preflight(cfg)
+        log.info("run dir %s | device %s | strategy %s", rdir, device, strategy.name)
+        return _run(cfg, strategy, rdir, device, identity, max(sizes.values()))
+
+
+def preflight(cfg: TrainConfig) -> Dict[str, int]:
+    """Read every task's training and test files (and answers files) before the first step, so
+    a broken file of the last task is found now, not after the first tasks trained. Returns
+    the training-set sizes (after ``max_train_examples``)."""
+    sizes = {}
+    for task in cfg.tasks:
+        n = len(load_squad_file(task_file(cfg.data_dir, task, "train"), task))
+        sizes[task] = min(n, cfg.max_train_examples) if cfg.max_train_examples else n
+        load_squad_file(task_file(cfg.data_dir, task, "test"), task)
+        if get_task(task).answers_file:
+            load_answers_file(answers_path(cfg.data_dir, task))
+    return sizes
+
+
+def _run(cfg: TrainConfig, strategy: Strategy, rdir: str, device: torch.device, identity: Dict[str, object],
+         max_size: int) -> Dict[str, object]:
+    seed_everything(cfg.seed)
+    tok = load_base_tokenizer(cfg.model_name)
+    model = load_base_model(cfg.model_name, cfg.seed).to(device)
+    max_len = context_length(model)
+    precision = Precision(*precision_context(device, cfg.fp32, cfg.bf16_cpu))
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    summary: Dict[str, object] = {"run_dir": rdir, "config": dataclasses.asdict(cfg), "identity": identity,
+                                  "tasks": {}}
+    prev_examples: Dict[str, List[Encoded]] = {}
+    prev_dir: Optional[str] = None
+    seen: List[str] = []
+    for index, stage in enumerate(stages(cfg.seq_train_type, cfg.tasks)):
+        seen += stage
+        tdir = task_dir(rdir, cfg.seq_train_type, stage[0])
+        ids = add_special_tokens(tok, seen, cfg.add_task_tokens, cfg.use_sep)
+        resize_for_tokenizer(model, len(tok))
+        ctx = TaskContext(index=index, tasks=tuple(stage), prev_tasks=tuple(seen[: -len(stage)]), cfg=cfg,
+                          run_dir=rdir, tokenizer=tok, ids=ids, task_dir=tdir, prev_task_dir=prev_dir,
+                          prev_train_examples=dict(prev_examples), max_len=max_len, device=device,
+                          generator=generator, rng=rng, logger=log, train_teacher=_train_teacher)
+        name = "+".join(stage)
+        if is_finished(tdir) or (cfg.skip_tasks and set(stage) <= set(cfg.skip_tasks)):
+            ctx.train_examples = _examples(cfg, stage, tok, ids, max_len)
+            summary["tasks"][name] = _restore_finished(model, strategy, ctx)
+        else:
+            ctx.train_examples = _examples(cfg, stage, tok, ids, max_len,
+                                           [strategy.training_data(ctx, t) for t in stage])
+            summary["tasks"][name] = train_task(model, tok, ctx, strategy, precision, max_size, identity)
+        for t in stage:
+            prev_examples[t] = [e for e in ctx.train_examples if e.task == t]
+        prev_dir = tdir
+    if dist.is_main():
+        atomic_write_json(os.path.join(rdir, RUN_RECORD), summary)
+    dist.barrier()
+    return summary
+
+
+def _train_teacher(tcfg: TrainConfig) -> str:
+    """How strategies get a missing teacher trained: a run of its own, in its own folder."""
+    return train_sequence(tcfg)["run_dir"]
+
+
+def _examples(cfg: TrainConfig, stage: List[str], tok, ids, max_len: int,
+              sources: Optional[List[Optional[str]]] = None) -> List[Encoded]:
+    """The stage's training examples, each task from its own split or from ``sources``."""
+    out: List[Encoded] = []
+    for t, src in zip(stage, sources or [None] * len(stage)):
+        out += load_task_examples(cfg.data_dir, t, "train", tok, ids, max_len, cfg.max_train_examples, src)
+    return out
+
+
+def _restore_finished(model, strategy: Strategy, ctx: TaskContext) -> Dict[str, object]:
+    """Load a finished stage's model, strategy state and random streams; return its summary."""
+    load_task_model(model, ctx.task_dir)
+    state = load_finished_state(ctx.task_dir, ctx.device)
+    if state["strategy"] is not None:  # importances / memories saved with the task's model
+        strategy.load_state_dict(state["strategy"])
+    restore_rng(state["rng"], ctx.rng, ctx.generator)  # continue where the finished task left them
+    log.info("[%s] model-finish found in %s: loaded, not retrained", "+".join(ctx.tasks), ctx.task_dir)
+    with open(os.path.join(ctx.task_dir, TASK_RECORD)) as f:
+        return json.load(f)
+
+
+def _check_identity(cfg: TrainConfig, rdir: str, identity: Dict[str, object]) -> Optional[str]:
+    """None when every finished task and checkpoint of the run folder was learnt under
+    ``identity`` (or records none); else the refusal, unless ``discard_stale`` moved them aside."""
+    stale: Dict[str, List[str]] = {}
+    dirs = []
+    for stage in stages(cfg.seq_train_type, cfg.tasks):
+        tdir = task_dir(rdir, cfg.seq_train_type, stage[0])
+        found = []
+        if is_finished(tdir):
+            found.append((os.path.join(tdir, TASK_RECORD), read_task_identity(os.path.join(tdir, TASK_RECORD))))
+        if os.path.isfile(os.path.join(tdir, CHECKPOINT)):
+            found.append((os.path.join(tdir, CHECKPOINT), resume_identity(tdir)))
+        for path, recorded in found:
+            if recorded is None:
+                log.warning("%s records no configuration (written by an older l2kd or the original): reused "
+                            "without checking that it was learnt with these flags", path)
+                continue
+            diffs = differences(recorded, identity)
+            if diffs:
+                stale[path] = diffs
+                dirs.append(tdir)
+    if not stale:
+        return None
+    message = mismatch_message(rdir, stale)
+    if not cfg.discard_stale:
+        return message
+    aside = _move_aside(rdir, sorted(set(dirs)))
+    log.warning("%s\n--discard_stale: moved the stale tasks to %s; training them again", message, aside)
+    return None
+
+
+def _move_aside(rdir: str, tdirs: List[str]) -> str:
+    """Move stale task folders (or, for multitask, the run folder's task files) into ``stale-<time>``."""
+    aside = os.path.join(rdir, time.strftime("stale-%Y%m%d-%H%M%S"))
+    os.makedirs(aside, exist_ok=True)
+    keep = {LOCK, TRAIN_LOG, os.path.basename(aside)}
+    for tdir in tdirs:
+        if os.path.abspath(tdir) == os.path.abspath(rdir):  # multitask/multilm: the files of the run folder
+            for f in os.listdir(rdir):
+                if f not in keep and not f.startswith("stale-"):
+                    shutil.move(os.path.join(rdir, f), os.path.join(aside, f))
+        else:
+            shutil.move(tdir, os.path.join(aside, os.path.basename(tdir)))
+    record = os.path.join(rdir, RUN_RECORD)
+    if os.path.isfile(record):
+        shutil.move(record, os.path.join(aside, RUN_RECORD))
+    return aside

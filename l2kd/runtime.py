@@ -1,0 +1,91 @@
+"""Process-level runtime: device choice, seeding, the precision policy and logging.
+
+Nothing here knows about tasks, strategies or files of a run; every layer above may use it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+from contextlib import contextmanager, nullcontext
+from typing import Callable, Iterator, Optional, Tuple
+
+import numpy as np
+import torch
+
+log = logging.getLogger("l2kd")
+_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else CPU; an unavailable CUDA device is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: CUDA is not available on this machine")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def precision_context(device: torch.device, fp32: bool, bf16_cpu: bool
+                      ) -> Tuple[Callable[[], object], Optional[torch.amp.GradScaler]]:
+    """(autocast context factory, GradScaler or None).
+
+    CUDA: bf16 autocast where supported, else fp16 with a grad scaler, unless ``fp32``.
+    CPU: fp32 unless ``bf16_cpu`` (bf16 autocast, no scaler).
+    """
+    if device.type == "cuda" and not fp32:
+        if torch.cuda.is_bf16_supported():
+            return (lambda: torch.autocast("cuda", dtype=torch.bfloat16)), None
+        return (lambda: torch.autocast("cuda", dtype=torch.float16)), torch.amp.GradScaler("cuda")
+    if device.type == "cpu" and bf16_cpu:
+        return (lambda: torch.autocast("cpu", dtype=torch.bfloat16)), None
+    return nullcontext, None
+
+
+def setup_console_logging(quiet: bool = False) -> None:
+    """INFO (WARNING with ``quiet``) lines of the ``l2kd`` logger to stderr, installed once."""
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for h in log.handlers:
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+            h.setLevel(logging.WARNING if quiet else logging.INFO)
+            return
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(_FORMAT)
+    h.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.addHandler(h)
+
+
+@contextmanager
+def log_to(path: Optional[str], quiet: bool = False) -> Iterator[None]:
+    """Also append the ``l2kd`` logger's lines to ``path`` while the block runs.
+
+    Nested blocks add their file beside the outer ones (a teacher trained inside a student's
+    run logs to both folders), and each block removes only its own handler on exit.
+    """
+    setup_console_logging(quiet)
+    if not path:
+        yield
+        return
+    path = os.path.abspath(path)
+    if any(isinstance(h, logging.FileHandler) and h.baseFilename == path for h in log.handlers):
+        yield
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fh = logging.FileHandler(path)
+    fh.setFormatter(_FORMAT)
+    log.addHandler(fh)
+    try:
+        yield
+    finally:
+        log.removeHandler(fh)
+        fh.close()

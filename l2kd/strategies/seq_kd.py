@@ -1,0 +1,25 @@
+"""Seq-KD (``--seq_distil``): a task trains on its teacher's greedy decodes of the training
+answers instead of the gold answers; everything else is the base strategy's.
+
+The file is built once per teacher (:func:`l2kd.distillation.ensure_distil_data`; rank 0
+decodes, every rank reads the same path). With ``--distil`` as well (Seq-KD soft) Word-KD
+wraps this strategy, so the KD targets are computed on the decoded answers, as the original.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from l2kd import distributed as dist
+from l2kd.distillation import ensure_distil_data, ensure_teacher
+from l2kd.strategies.base import TaskContext, Wrapper
+
+
+class SeqKD(Wrapper):
+    """Swap each task's training file for the teacher-decoded one."""
+
+    suffix = "+seq_kd"
+
+    def training_data(self, ctx: TaskContext, task: str) -> Optional[str]:
+        ensure_teacher(ctx.cfg, task, ctx.train_teacher)  # every rank: training a missing teacher is collective
+        path = ensure_distil_data(ctx.cfg, task, ctx.device, ctx.train_teacher) if dist.is_main() else None
+        return dist.broadcast(path)
