@@ -7,7 +7,7 @@ in one flat all-reduce before unscaling/clipping, so every rank applies the same
 body and head separately, which DDP's forward hooks would not see). Rank 0 alone generates
 pseudo-samples and Seq-KD data (then broadcasts them), writes files and evaluates, so the
 results do not depend on the number of ranks given the seed. ``--n_gpus N`` of the original
-becomes ``torchrun --nproc_per_node N python -m l2kd.train ...``.
+becomes ``torchrun --nproc_per_node N -m l2kd.train ...``.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """LAMOL's losses: weighted cross-entropy on the QA answer tokens and on the whole LM sequence.
 
-``tokens_weight`` is a *class* weight of the cross-entropy (ORIGINAL.md 3): targets equal to
+``tokens_weight`` is a *class* weight of the cross-entropy (docs/original.md section 3): targets equal to
 ``__ans__`` (and ``__sep__``) count ``tokens_weight`` times, in the numerator and in the
 weighted-mean denominator. The LM head is applied only to positions that have a target
 (answer tokens for QA, non-padding for LM): the same loss as the original's full-logits

@@ -423,7 +423,7 @@ def compute_metrics(task: str, preds: List[str], golds: List[List[str]],
 
 
 def task_score(task: str, metrics: Dict[str, float]) -> float:
-    """The single 0-100 score of ``task`` (DESIGN.md "One score per task")."""
+    """The single 0-100 score of ``task`` (docs/design-notes.md, "One score per task")."""
     from l2kd.data.tasks import get_task
 
     key = get_task(task).metric

@@ -6,7 +6,7 @@ import os
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
-# The demo/test model (DESIGN.md "Scale of the demo"): 2 layers, 2 heads, 128 dims, real vocabulary.
+# The demo/test model (docs/design-notes.md, "Scale of the demo"): 2 layers, 2 heads, 128 dims, real vocabulary.
 TINY_GPT2 = dict(n_layer=2, n_head=2, n_embd=128, n_positions=512)
 
 

@@ -1,4 +1,4 @@
-"""Learning-rate schedule as the original's AnnealingLR (K:utils.py:524-526, Megatron).
+"""Learning-rate schedule as the original's AnnealingLR (L2KD utils.py, from Megatron).
 
 The original calls ``scheduler.step()`` once per *example*, so its clock counts examples:
 warmup = ``int(n_warmup_ratio * N)`` and end = ``N * epochs`` for ``N`` training examples

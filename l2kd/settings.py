@@ -30,7 +30,7 @@ def build_parser(prog: str = "l2kd.train") -> argparse.ArgumentParser:
     """The parser shared by ``python -m l2kd.train`` and ``python -m l2kd.test``."""
     p = argparse.ArgumentParser(prog=prog, description="LAMOL / L2KD lifelong language learning (l2kd)")
     a = p.add_argument
-    # --- the original's 51 flags (K:settings.py), same names, types and defaults ---
+    # --- the original's 51 flags (L2KD's settings.py), same names, types and defaults ---
     a("--adam_epsilon", default=1e-4, type=float)
     a("--add_task_tokens", action="store_true")
     a("--data_dir", type=str, required=True)

@@ -1,4 +1,4 @@
-"""CLI flag parity with L2KD's settings.py (ORIGINAL.md 1) and the output layout (ORIGINAL.md 5)."""
+"""CLI flag parity with L2KD's settings.py (docs/original.md sections 1 and 5)."""
 from __future__ import annotations
 
 import os

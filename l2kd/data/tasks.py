@@ -32,7 +32,7 @@ class TaskSpec:
     """One task of the registry.
 
     name:        the task key, as on the command line (``--tasks``)
-    metric:      the key of the single 0-100 score (DESIGN.md "One score per task")
+    metric:      the key of the single 0-100 score (docs/design-notes.md, "One score per task")
     eval_split:  file split used for ``eval`` ("test" or "dev")
     train_size:  L2KD data_attrs.json train size (pseudo-sample counts), or None
     answers_file: extra gold file the metric needs (wikisql, woz.en), else None

@@ -1,7 +1,7 @@
 """GEM (``--seq_train_type gem``): QA loss only; every step's gradient is projected so that it
 does not increase the QA loss of episodic memories of the past tasks (Lopez-Paz & Ranzato 2017).
 
-As the original (ORIGINAL.md 7): at task ``t >= 1`` a memory of ``int(gen_lm_sample_percentage
+As the original (docs/original.md section 7): at task ``t >= 1`` a memory of ``int(gen_lm_sample_percentage
 * size of task t)`` real examples of task ``t-1`` is drawn with replacement and kept for the rest
 of the sequence. Every step, for every memory, a full pass over it: per batch the QA-loss
 gradient, clipped to ``--max_grad_norm``, times the batch size; summed and divided by the

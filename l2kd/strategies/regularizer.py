@@ -1,7 +1,7 @@
 """Shared machinery of EWC and MAS (the original's ``regularizers.py``), plus the resume helpers
 GEM also uses.
 
-What the original does (ORIGINAL.md 7, same in LAMOL and L2KD):
+What the original does (docs/original.md section 7, same in LAMOL and L2KD):
 
 * At the end of each task, one pass over the task's training data in batches: the batch loss
   ``L_b`` (a batch mean) is divided by the batch size ``n_b`` and back-propagated, and
