@@ -1,7 +1,10 @@
 """Multi-process training under ``torchrun`` (one process per GPU, or gloo processes on CPU).
 
 Data parallelism: every rank runs the same step on its shard of each global batch (the
-original's batch split across ``--n_gpus``), then the gradients are averaged across ranks
+original's batch split across ``--n_gpus``). Each mean loss is scaled by the rank's share of
+the global denominator (:func:`loss_shares`, one all-reduce of the counts per step), so that
+N ranks compute the loss and gradient of the whole batch, as one process would, up to the
+order of floating-point sums. Then the gradients are averaged across ranks
 in one flat all-reduce before unscaling/clipping, so every rank applies the same update
 (DistributedDataParallel's semantics, done explicitly because the loss calls the model's
 body and head separately, which DDP's forward hooks would not see). Rank 0 alone generates
@@ -71,6 +74,30 @@ def average_gradients(params: Sequence[torch.nn.Parameter]) -> None:
         n = g.numel()
         p.grad = flat[offset: offset + n].view_as(g).to(g.dtype)
         offset += n
+
+
+def loss_shares(local: torch.Tensor) -> torch.Tensor:
+    """``world * local / global`` for a vector of per-rank loss denominators (1 where the global
+    count is 0, and exactly 1 in one process).
+
+    A rank that multiplies each of its mean losses by its share and then averages gradients
+    over ranks computes ``sum_r numerator_r / sum_r denominator_r``: the mean over the global
+    batch, as one process would, instead of the mean of the ranks' means.
+    """
+    if world_size() == 1:
+        return torch.ones_like(local)
+    total = local.clone()
+    dist.all_reduce(total)
+    return torch.where(total > 0, world_size() * local / total.clamp_min(1e-300), torch.ones_like(local))
+
+
+def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """The mean of a scalar over ranks (itself in one process); NaN anywhere gives NaN everywhere."""
+    if world_size() == 1:
+        return value
+    t = value.detach().reshape(1).double().clone()
+    dist.all_reduce(t)
+    return (t / world_size()).reshape(())
 
 
 def any_rank(flag: bool) -> bool:

@@ -28,6 +28,28 @@ def token_weights(vocab_size: int, ids: SpecialIds, tokens_weight: float, device
     return w
 
 
+LOSS_PARTS = ("qa", "lm", "qa_kd", "lm_kd", "qa_ce", "lm_ce")
+
+
+def loss_denominators(batch, weight: torch.Tensor) -> torch.Tensor:
+    """The denominator of every mean the built-in losses take over ``batch``, in
+    :data:`LOSS_PARTS` order: class-weight sums of the QA / LM targets (``qa``, ``lm``), target
+    counts of the current task's rows (``*_kd``, Word-KD's batchmean) and class-weight sums of
+    the replayed rows (``*_ce``). Known before the forward pass, so one all-reduce of this
+    vector lets N ranks normalise by the global batch."""
+    out = []
+    for tgt in (batch.qa_target, batch.lm_target):
+        has = tgt != IGNORE
+        out.append(weight[tgt[has]].sum())
+    current = ~batch.is_pseudo[:, None]
+    for tgt in (batch.qa_target, batch.lm_target):
+        out.append(((tgt != IGNORE) & current).sum().to(weight.dtype))
+    for tgt in (batch.qa_target, batch.lm_target):
+        rows = (tgt != IGNORE) & ~current
+        out.append(weight[tgt[rows]].sum())
+    return torch.stack([o.to(torch.float64) for o in out])
+
+
 def hidden_states(model: PreTrainedModel, input_ids: torch.Tensor) -> torch.Tensor:
     """Final hidden states ``[B, L, H]`` of the transformer body (no LM head)."""
     return model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state

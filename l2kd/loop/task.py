@@ -24,7 +24,7 @@ from l2kd.config import TrainConfig
 from l2kd.data.qa_format import Encoded, collate
 from l2kd.io_utils import atomic_torch_save
 from l2kd.layout import CHECKPOINT
-from l2kd.losses import token_weights
+from l2kd.losses import LOSS_PARTS, loss_denominators, token_weights
 from l2kd.rng import capture_rng, restore_rng
 from l2kd.run_identity import IdentityMismatch, differences, mismatch_message
 from l2kd.scalars import ScalarLog
@@ -194,11 +194,14 @@ def step(model, ctx: TaskContext, strategy: Strategy, plan: TaskPlan, precision:
     """One optimizer step on the global batch ``idx``; None when a non-finite loss skipped it."""
     cfg, scaler = ctx.cfg, precision.scaler
     batch = collate([plan.data[i] for i in dist.shard(idx)], ctx.ids).to(ctx.device)
+    if dist.world_size() > 1:  # each mean over the global batch, not the mean of the ranks' means
+        ctx.shares = dict(zip(LOSS_PARTS, dist.loss_shares(loss_denominators(batch, plan.weight)).tolist()))
     lr = plan.schedule.apply()
     with precision.autocast():
         loss, scal = strategy.loss(ctx, model, batch, plan.weight)
-    if dist.any_rank(not torch.isfinite(loss)):
-        _skip_bad_step(ctx, progress, loss, scaler)
+    global_loss = dist.mean_over_ranks(loss.detach())  # the whole batch's loss; NaN on any rank shows
+    if not torch.isfinite(global_loss):
+        _skip_bad_step(ctx, progress, global_loss, scaler)
         return None
     progress.bad_steps = 0
     plan.optimizer.zero_grad(set_to_none=True)
@@ -218,7 +221,7 @@ def step(model, ctx: TaskContext, strategy: Strategy, plan: TaskPlan, precision:
     plan.schedule.advance(len(idx))
     progress.step += 1
     progress.tokens += batch.n_tokens
-    progress.losses.append(loss.item())
+    progress.losses.append(float(global_loss))
     return {"lr": lr, "loss": progress.losses[-1], "grad_norm": float(gnorm), **scal}
 
 

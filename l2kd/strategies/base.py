@@ -49,6 +49,11 @@ class TaskContext:
     train_teacher: TrainTeacher = field(default=lambda cfg: _no_teacher_trainer(cfg))  # given by the loop
     train_examples: List[Encoded] = field(default_factory=list)  # set by the loop after training_data
     stats: Dict[str, object] = field(default_factory=dict)  # written to the task summary
+    shares: Dict[str, float] = field(default_factory=dict)  # this step's loss shares (torchrun), by part
+
+    def share(self, part: str) -> float:
+        """This rank's share of the global denominator of loss ``part`` (1.0 in one process)."""
+        return self.shares.get(part, 1.0)
 
 
 class Strategy:
@@ -71,8 +76,10 @@ class Strategy:
         lm_in = batch.lm_input if self.uses_lm_loss else None
         qa, lm = qa_lm_loss(model, batch.qa_input, batch.qa_target, lm_in, batch.lm_target, weight,
                             chunked=ctx.cfg.use_kernels)
+        qa = qa * ctx.share("qa")
         if lm is None:
             return qa, {"qa_loss": qa.item()}
+        lm = lm * ctx.share("lm")
         return qa + ctx.cfg.lm_lambda * lm, {"qa_loss": qa.item(), "lm_loss": lm.item()}
 
     def after_backward(self, ctx: TaskContext, model: PreTrainedModel) -> None:

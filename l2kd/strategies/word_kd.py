@@ -47,7 +47,9 @@ class WordKD(Wrapper):
         return extra
 
     def _part(self, model, inp: torch.Tensor, tgt: torch.Tensor, current: torch.Tensor, weight: torch.Tensor,
-              cfg) -> torch.Tensor:
+              cfg, shares: Tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
+        """KD on the current task's target positions plus weighted CE on the replayed ones, each
+        mean scaled by this rank's share of its global denominator (``shares``: KD, CE)."""
         has_t = tgt != IGNORE
         kd_rows = has_t & current[:, None]
         ce_rows = has_t & ~current[:, None]
@@ -61,25 +63,27 @@ class WordKD(Wrapper):
             if cfg.use_kernels and getattr(head, "bias", None) is None and getattr(t_head, "bias", None) is None:
                 # fused heads + KD, chunked over rows: no [N, V] student or teacher logits
                 hk = h[kd_rows].to(head.weight.dtype)  # autocast may leave h in another dtype
-                loss = loss + linear_kd_loss(hk, head.weight, th.to(t_head.weight.dtype), t_head.weight,
-                                             cfg.temperature_kd)
+                loss = loss + shares[0] * linear_kd_loss(hk, head.weight, th.to(t_head.weight.dtype),
+                                                         t_head.weight, cfg.temperature_kd)
             else:
                 s_logits = head(h[kd_rows])
                 with torch.no_grad():
                     t_logits = t_head(th)
                 kd = kd_loss if cfg.use_kernels else kd_loss_ref
-                loss = loss + kd(s_logits, t_logits.to(s_logits.dtype), None, cfg.temperature_kd)
+                loss = loss + shares[0] * kd(s_logits, t_logits.to(s_logits.dtype), None, cfg.temperature_kd)
         if ce_rows.any():
-            loss = loss + linear_cross_entropy(h[ce_rows], head.weight, tgt[ce_rows], weight)
+            loss = loss + shares[1] * linear_cross_entropy(h[ce_rows], head.weight, tgt[ce_rows], weight)
         return loss
 
     def loss(self, ctx: TaskContext, model: PreTrainedModel, batch: Batch, weight: torch.Tensor
              ) -> Tuple[torch.Tensor, Dict[str, float]]:
         current = ~batch.is_pseudo
-        qa = self._part(model, batch.qa_input, batch.qa_target, current, weight, ctx.cfg)
+        qa = self._part(model, batch.qa_input, batch.qa_target, current, weight, ctx.cfg,
+                        (ctx.share("qa_kd"), ctx.share("qa_ce")))
         if not self.uses_lm_loss:
             return qa, {"qa_kd_loss": qa.item()}
-        lm = self._part(model, batch.lm_input, batch.lm_target, current, weight, ctx.cfg)
+        lm = self._part(model, batch.lm_input, batch.lm_target, current, weight, ctx.cfg,
+                        (ctx.share("lm_kd"), ctx.share("lm_ce")))
         return qa + ctx.cfg.lm_lambda * lm, {"qa_kd_loss": qa.item(), "lm_kd_loss": lm.item()}
 
     def after_task(self, ctx: TaskContext, model: PreTrainedModel) -> None:

@@ -36,7 +36,7 @@ def test_word_kd_mixed_batch_formula(tok_ids, tiny_model, base):
     strat = WordKD(base)
     strat.teacher = teacher
     cfg = TrainConfig(tasks=("rnnlg.rest",), data_dir=".", model_dir_root=".", temperature_kd=2.0, lm_lambda=0.25)
-    loss, _ = strat.loss(SimpleNamespace(cfg=cfg), tiny_model, b, w)
+    loss, _ = strat.loss(SimpleNamespace(cfg=cfg, share=lambda part: 1.0), tiny_model, b, w)
 
     def part(inp, tgt):
         s, t = tiny_model(inp).logits, teacher(inp).logits
