@@ -41,7 +41,7 @@ class QAExample:
     answers: List[str] = field(default_factory=list)
     qa_id: str = ""
     task: str = ""
-    paragraph: int = 0  # running index of the example's paragraph in its file (the original's data unit)
+    paragraph: int = field(default=0, compare=False)  # index of its paragraph in the file (the original's data unit)
 
 
 class DataError(ValueError):
