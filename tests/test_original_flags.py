@@ -67,9 +67,9 @@ def test_multitask_specific_offsets_the_gen_id_by_the_task_index():
 def test_paragraphs_of_a_file_stay_grouped(tmp_path, tok_ids):
     tok, ids = tok_ids
     path = str(tmp_path / "x.json")
-    doc = {"data": [{"paragraphs": [{"context": "c one", "qas": [{"question": "q", "answers": [{"text": "a"}], "id": 1},
-                                                                  {"question": "r", "answers": [{"text": "b"}], "id": 2}]},
-                                     {"context": "c two", "qas": [{"question": "s", "answers": [{"text": "c"}], "id": 3}]}]}]}
+    qas = [[{"question": q, "answers": [{"text": a}], "id": i} for q, a, i in row]
+           for row in ([("q", "a", 1), ("r", "b", 2)], [("s", "c", 3)])]
+    doc = {"data": [{"paragraphs": [{"context": "c one", "qas": qas[0]}, {"context": "c two", "qas": qas[1]}]}]}
     with open(path, "w") as f:
         json.dump(doc, f)
     groups = load_task_paragraphs("", "rnnlg.rest", "train", tok, ids, 64, path=path)
