@@ -14,13 +14,14 @@ MEMORY_FACTOR = {"lll": 0.35, "multilm": 0.35, "finetune": 0.58, "multitask": 0.
 
 
 def train_batches(examples: Sequence[Encoded], rng: np.random.Generator, batch_size: int,
-                  budget: float, max_count: int) -> List[List[int]]:
-    """Indices of one epoch's batches in a random order (np permutation, as the original).
+                  budget: float, max_count: int, shuffle: bool = True) -> List[List[int]]:
+    """Indices of one epoch's batches in a random order (np permutation, as the original), or in
+    data order when not ``shuffle`` (the original's ``--debug`` / ``--round_robin``).
 
     ``batch_size > 0``: fixed size. Else add examples while ``count * max_len**1.163 <= budget``,
     capped at ``max_count`` examples (the original's ``max(N // min_n_steps, min_batch_size)``).
     """
-    order = rng.permutation(len(examples))
+    order = rng.permutation(len(examples)) if shuffle else np.arange(len(examples))
     if batch_size > 0:
         return [order[i: i + batch_size].tolist() for i in range(0, len(order), batch_size)]
     return pack_by_budget([int(i) for i in order], [examples[i].lm_length for i in order], budget, max_count)

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import List, Tuple
 
+from l2kd.data.multitask import MULTITASK_SPECIFIC_ROWS
 from l2kd.data.tasks import TASKS
 
 SEQ_TRAIN_TYPES = ("lll", "finetune", "multitask", "multilm", "mas", "ewc", "gem")
@@ -123,6 +124,12 @@ class TrainConfig:
     skip_tasks: Tuple[str, ...] = ()
     test_training_set: bool = False
     discard_stale: bool = False  # move tasks learnt under another configuration aside and retrain them
+    # the original's data-arrangement and debug flags
+    debug: bool = False  # first 10 paragraphs of every file, data order, one pseudo-sample per previous task
+    round_robin: bool = False  # a stage's tasks shuffled, then interleaved one paragraph each; fixed batches unshuffled
+    upsample_data: Tuple[int, ...] = ()  # per task of a stage, how many times its paragraphs are repeated
+    multitask_specific: bool = False  # multitask: task i's LM rows start with gen id + i (4 extra embedding rows)
+    extra_e2e: bool = False  # test e2enlg on its "extra" file instead of "test"
 
     def __post_init__(self) -> None:
         errors = self.problems()
@@ -180,8 +187,27 @@ class TrainConfig:
             out.append("--real_sample only applies to --seq_train_type lll")
         if self.seq_train_type in ("multitask", "multilm") and (self.distil or self.seq_distil):
             out.append(f"--distil/--seq_distil are not supported with --seq_train_type {self.seq_train_type}")
+        out += self._arrangement_problems()
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             out.append(f"--device: expected auto, cpu, cuda or cuda:N (got {self.device!r})")
+        return out
+
+    def _arrangement_problems(self) -> List[str]:
+        """``--upsample_data`` / ``--multitask_specific`` against the stage layout."""
+        out = []
+        multi = self.seq_train_type in ("multitask", "multilm")
+        per_stage = len(self.tasks) if multi else 1
+        if self.upsample_data and len(self.upsample_data) != per_stage:
+            need = (f"one rate per task ({len(self.tasks)}, e.g. {'_'.join(['1'] * len(self.tasks))})" if multi
+                    else "one rate (each stage of a sequential type reads one task)")
+            out.append(f"--upsample_data: {len(self.upsample_data)} rate(s) given, {self.seq_train_type} needs {need}")
+        if any(r < 1 for r in self.upsample_data):
+            out.append(f"--upsample_data: every rate must be >= 1 (got {'_'.join(map(str, self.upsample_data))})")
+        if self.multitask_specific and not multi:
+            out.append("--multitask_specific only applies to --seq_train_type multitask or multilm")
+        if self.multitask_specific and len(self.tasks) > MULTITASK_SPECIFIC_ROWS + 1:
+            out.append(f"--multitask_specific: at most {MULTITASK_SPECIFIC_ROWS + 1} tasks (the original adds "
+                       f"{MULTITASK_SPECIFIC_ROWS} embedding rows; got {len(self.tasks)})")
         return out
 
     def path_problems(self) -> List[str]:

@@ -24,7 +24,8 @@ from l2kd.config import SamplingConfig, TrainConfig
 from l2kd.data.loading import load_task_examples
 from l2kd.data.qa_format import Encoded
 from l2kd.data.squad import load_answers_file
-from l2kd.data.tasks import answers_path, get_task
+from l2kd.data.multitask import DEBUG_PARAGRAPHS, embedding_rows
+from l2kd.data.tasks import answers_path, get_task, task_file
 from l2kd.generation import generate
 from l2kd.io_utils import atomic_write_json, atomic_write_text
 from l2kd.layout import ACCURACY_MATRIX, MULTI_TYPES, RUN_RECORD, TASK_RECORD, TEST_LOG, run_dir_of, saved_epochs
@@ -32,7 +33,7 @@ from l2kd.layout import stages as stages_of
 from l2kd.layout import task_dir
 from l2kd.metrics import (backward_transfer, compute_metrics, forgetting, forward_transfer,
                           task_score)
-from l2kd.model import context_length, model_from_task_dir
+from l2kd.model import context_length, model_from_task_dir, resize_for_tokenizer
 from l2kd.run_identity import differences, learning_config, test_settings
 from l2kd.runtime import log_to, resolve_device
 from l2kd.tokenizer import add_special_tokens, load_base_tokenizer
@@ -110,6 +111,19 @@ def _align_answers(examples: Sequence[Encoded], answers: list) -> list:
     return out
 
 
+def eval_file(cfg: TrainConfig, task: str) -> Optional[str]:
+    """``--extra_e2e``: e2enlg is tested on its ``extra`` file (the test file's name with ``test``
+    replaced by ``extra``); None (the task's test split) otherwise."""
+    if not (cfg.extra_e2e and task == "e2enlg"):
+        return None
+    test = task_file(cfg.data_dir, task, "test")
+    path = os.path.join(os.path.dirname(test), os.path.basename(test).replace("test", "extra"))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--extra_e2e: {path} not found (e2enlg's extra test set, read instead of "
+                                f"{os.path.basename(test)}); add it to --data_dir or drop --extra_e2e")
+    return path
+
+
 def _epochs_of(tdir: str) -> List[int]:
     try:
         with open(os.path.join(tdir, TASK_RECORD)) as f:
@@ -161,7 +175,10 @@ def _evaluate_stages(cfg: TrainConfig, rdir: str, device: torch.device, quiet: b
             break
         tok = load_base_tokenizer(cfg.model_name)
         ids = add_special_tokens(tok, [t for s in stages[: index + 1] for t in s], cfg.add_task_tokens, cfg.use_sep)
-        model = model_from_task_dir(tdir).to(device)
+        model = model_from_task_dir(tdir)
+        # the original's --multitask_specific rows are not in its config.json's vocab_size
+        resize_for_tokenizer(model, embedding_rows(len(tok), cfg.multitask_specific))
+        model = model.to(device)
         max_len = context_length(model)
         epochs = _epochs_of(tdir)
         tested = epochs if cfg.test_all else epochs[-1:]
@@ -173,7 +190,8 @@ def _evaluate_stages(cfg: TrainConfig, rdir: str, device: torch.device, quiet: b
             for task in tqdm(cfg.tasks, desc=f"test {'+'.join(stage)} model-{ep}", disable=quiet, leave=False):
                 if task not in test_cache:
                     test_cache[task] = load_task_examples(cfg.data_dir, task, "test", tok, ids, max_len,
-                                                          cfg.max_test_examples)
+                                                          cfg.max_test_examples, eval_file(cfg, task),
+                                                          DEBUG_PARAGRAPHS if cfg.debug else 0)
                 csv_path = os.path.join(tdir, f"qa_{task}_{ep}.csv")
                 entry[task] = evaluate_task(model, tok, ids, cfg, task, test_cache[task], gen, csv_path)
             entries.append(entry)

@@ -22,7 +22,7 @@ from typing import Dict, List, Optional
 RUNTIME_KEYS = frozenset({
     "data_dir", "model_dir_root", "teacher_root", "device", "use_kernels", "quiet", "logging_steps",
     "checkpoint_steps", "skip_tasks", "test_batch_size", "test_all", "max_test_examples", "qa_sampling",
-    "test_training_set", "discard_stale",
+    "test_training_set", "discard_stale", "extra_e2e",
 })
 DISCARD_FLAG = "--discard_stale"
 
@@ -42,7 +42,8 @@ def test_settings(cfg) -> Dict[str, object]:
     """The settings a score depends on besides the model: recorded beside the scores."""
     return {"top_k_qa": cfg.qa_sampling.top_k, "top_p_qa": cfg.qa_sampling.top_p,
             "temperature_qa": cfg.qa_sampling.temperature, "max_test_examples": cfg.max_test_examples,
-            "test_all": cfg.test_all, "seed": cfg.seed, "use_kernels": cfg.use_kernels}
+            "test_all": cfg.test_all, "seed": cfg.seed, "use_kernels": cfg.use_kernels,
+            "extra_e2e": cfg.extra_e2e}
 
 
 def differences(recorded: Dict[str, object], current: Dict[str, object]) -> List[str]:

@@ -8,13 +8,15 @@ library refuse the same things with the same messages. No module-level ``args``.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from l2kd.config import SEQ_TRAIN_TYPES, ConfigError, SamplingConfig, TrainConfig
 from l2kd.layout import run_dir, task_dir, writable_root_error
 
-__all__ = ["build_parser", "parse_args", "validate", "config_from_args", "run_dir", "task_dir"]
+__all__ = ["build_parser", "parse_args", "validate", "config_from_args", "flag_notes", "upsample_rates", "run_dir",
+           "task_dir"]
 BUILTIN_MODELS = ["gpt2", "openai-gpt", "gpt2-medium", "tiny-gpt2"]
 
 
@@ -135,6 +137,10 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
         problems.append(root_error)
     if args.n_gpus < 1:
         problems.append(f"--n_gpus: must be >= 1 (got {args.n_gpus})")
+    if args.unbound:
+        problems.append(f"--unbound {args.unbound}: the boundary-free setting (every task's training data "
+                        "concatenated and cut into chunks trained as task_0, task_1, ...) is not supported by l2kd "
+                        "yet; drop the flag")
     if problems:
         parser.error("; ".join(problems))
     return args
@@ -169,7 +175,33 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         seq_distil=args.seq_distil, temperature_kd=args.temperature_kd, ref1=args.ref1,
         teacher_dir=args.teacher_dir, teacher_n_train_epochs=args.teacher_n_train_epochs,
         teacher_learning_rate=args.teacher_learning_rate, device=args.device, fp32=args.fp32,
-        bf16_cpu=args.bf16_cpu, use_kernels=use_k, logging_steps=args.logging_steps,
+        bf16_cpu=args.bf16_cpu, use_kernels=use_k,
         checkpoint_steps=args.checkpoint_steps, quiet=args.quiet, skip_tasks=tuple(args.skip_tasks or ()),
-        test_training_set=args.test_training_set, discard_stale=args.discard_stale,
+        test_training_set=args.test_training_set, discard_stale=args.discard_stale, debug=args.debug,
+        logging_steps=1 if args.debug else args.logging_steps, round_robin=args.round_robin,
+        upsample_data=upsample_rates(args.upsample_data), multitask_specific=args.multitask_specific,
+        extra_e2e=args.extra_e2e,
     )
+
+
+def upsample_rates(value: Optional[str]) -> Tuple[int, ...]:
+    """``--upsample_data a_b_c`` as integers (the original's format: one rate per task, ``_``-joined)."""
+    if not value:
+        return ()
+    try:
+        return tuple(int(x) for x in value.split("_"))
+    except ValueError:
+        raise ConfigError(f"--upsample_data: expected integers joined by '_' such as 1_2_1 (got {value!r})") from None
+
+
+def flag_notes(args: argparse.Namespace) -> List[Tuple[int, str]]:
+    """(logging level, message) for original flags that are accepted but change nothing here."""
+    notes = []
+    if args.lr_schedule != "warmup_linear":
+        notes.append((logging.WARNING, f"--lr_schedule {args.lr_schedule}: ignored; the original never reads this "
+                                       "flag either (--decay_style picks the schedule)"))
+    if args.n_workers != 4:
+        notes.append((logging.INFO, f"--n_workers {args.n_workers}: the original's tokenization and data-loader "
+                                    "processes; l2kd tokenizes in the main process, so it changes neither speed "
+                                    "nor results"))
+    return notes

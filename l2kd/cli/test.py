@@ -7,18 +7,30 @@ task folder and ``accuracy_matrix.json`` in the run folder, and prints the matri
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 from typing import Optional, Sequence
 
 from l2kd import distributed as dist
 from l2kd.evaluate import evaluate_run, format_matrix
-from l2kd.settings import config_from_args, parse_args
+from l2kd.launch import under_launcher
+from l2kd.runtime import setup_console_logging
+from l2kd.settings import config_from_args, flag_notes, parse_args
 from l2kd.strategies import load_custom_strategy
+
+log = logging.getLogger("l2kd")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse, test, print the matrix; a user-fixable error is one message and exit status 1."""
     args = parse_args(argv, prog="python -m l2kd.test")
+    setup_console_logging(args.quiet)
+    for level, note in flag_notes(args):
+        log.log(level, "%s", note)
+    if args.n_gpus > 1 and not under_launcher():
+        # The original's test refuses n_gpus > 1; evaluation here runs on one device (rank 0 under
+        # torchrun), so the training command's flags test unchanged.
+        log.warning("--n_gpus %d: l2kd.test evaluates on one device", args.n_gpus)
     cfg = config_from_args(args)
     try:
         if args.custom_strategy:  # the output folder is named after the user strategy

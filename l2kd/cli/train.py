@@ -6,8 +6,10 @@ import logging
 import sys
 from typing import Optional, Sequence
 
+from l2kd.launch import LaunchError, launch_if_needed
 from l2kd.loop import train_sequence
-from l2kd.settings import config_from_args, parse_args
+from l2kd.runtime import setup_console_logging
+from l2kd.settings import config_from_args, flag_notes, parse_args
 from l2kd.strategies import load_custom_strategy
 
 log = logging.getLogger("l2kd")
@@ -16,6 +18,17 @@ log = logging.getLogger("l2kd")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse, train, and turn the errors a user can fix into one message and exit status 1."""
     args = parse_args(argv, prog="python -m l2kd.train")
+    setup_console_logging(args.quiet)
+    for level, note in flag_notes(args):
+        log.log(level, "%s", note)
+    try:
+        status = launch_if_needed(args.n_gpus, "l2kd.train", sys.argv[1:] if argv is None else list(argv),
+                                  args.device)
+    except LaunchError as exc:
+        print(f"l2kd.train: error: {exc}", file=sys.stderr)
+        return 1
+    if status is not None:
+        return status
     cfg = config_from_args(args)
     try:
         strategy = None

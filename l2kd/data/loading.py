@@ -12,18 +12,36 @@ from l2kd.tokenizer import SpecialIds
 log = logging.getLogger("l2kd")
 
 
-def load_task_examples(data_dir: str, task: str, split: str, tok, ids: SpecialIds, max_len: int,
-                       limit: int = 0, path: Optional[str] = None) -> List[Encoded]:
+def load_task_paragraphs(data_dir: str, task: str, split: str, tok, ids: SpecialIds, max_len: int,
+                         limit: int = 0, path: Optional[str] = None) -> List[List[Encoded]]:
     """The first ``limit`` (0 = all) examples of ``task``'s ``split`` (or of the file ``path``,
-    e.g. Seq-KD data), encoded in LAMOL's QA format for a model of context ``max_len``."""
+    e.g. Seq-KD data), encoded in LAMOL's QA format for a model of context ``max_len`` and
+    grouped by paragraph: the original shuffles, repeats and cuts (``--debug``) paragraphs."""
     path = path or task_file(data_dir, task, split)
     raw = load_squad_file(path, task)
     if limit:
         raw = raw[:limit]
-    enc = [encode_example(tok, ids, ex.context, ex.question, ex.answers, task, max_len, qa_id=ex.qa_id)
-           for ex in raw]
-    n_trunc = sum(e.truncated for e in enc)
+    groups: List[List[Encoded]] = []
+    last = None
+    n_trunc = n = 0
+    for ex in raw:
+        enc = encode_example(tok, ids, ex.context, ex.question, ex.answers, task, max_len, qa_id=ex.qa_id)
+        if ex.paragraph != last:
+            groups.append([])
+            last = ex.paragraph
+        groups[-1].append(enc)
+        n_trunc += enc.truncated
+        n += 1
     if n_trunc:
         log.warning("%s: %d of %d examples longer than the model context (%d) were truncated",
-                    path, n_trunc, len(enc), max_len)
-    return enc
+                    path, n_trunc, n, max_len)
+    return groups
+
+
+def load_task_examples(data_dir: str, task: str, split: str, tok, ids: SpecialIds, max_len: int,
+                       limit: int = 0, path: Optional[str] = None, paragraphs: int = 0) -> List[Encoded]:
+    """:func:`load_task_paragraphs` flattened; ``paragraphs`` > 0 keeps only the first ones."""
+    groups = load_task_paragraphs(data_dir, task, split, tok, ids, max_len, limit, path)
+    if paragraphs:
+        groups = groups[:paragraphs]
+    return [e for g in groups for e in g]

@@ -41,6 +41,7 @@ class QAExample:
     answers: List[str] = field(default_factory=list)
     qa_id: str = ""
     task: str = ""
+    paragraph: int = field(default=0, compare=False)  # index of its paragraph in the file (the original's data unit)
 
 
 class DataError(ValueError):
@@ -101,6 +102,7 @@ def load_squad_file(path: str, task: str) -> List[QAExample]:
 
     examples: List[QAExample] = []
     running = 0
+    n_para = 0
     for i, entry in enumerate(data):
         where = f"data[{i}]"
         _need(isinstance(entry, dict), path, where, f"expected an object, got {_type_name(entry)}")
@@ -137,8 +139,9 @@ def load_squad_file(path: str, task: str) -> List[QAExample]:
                           "missing key 'answers' (an unanswerable question needs 'answers': [] or 'is_impossible': true)")
                 if qa.get("is_impossible", False):
                     answers = []
-                examples.append(QAExample(context, question, answers, qa_id, task))
+                examples.append(QAExample(context, question, answers, qa_id, task, n_para))
                 running += 1
+            n_para += 1
     _need(len(examples) > 0, path, "'data'", "holds no question (every paragraph has an empty 'qas')")
     return examples
 

@@ -24,7 +24,8 @@ import torch
 from l2kd import distributed as dist
 from l2kd.checkpoint import load_finished_state, load_task_model, resume_identity
 from l2kd.config import ConfigError, TrainConfig, check_paths
-from l2kd.data.loading import load_task_examples
+from l2kd.data.loading import load_task_paragraphs
+from l2kd.data.multitask import arrange_stage, embedding_rows, task_specific_gen
 from l2kd.data.qa_format import Encoded
 from l2kd.data.squad import load_answers_file, load_squad_file
 from l2kd.data.tasks import answers_path, get_task, task_file
@@ -107,17 +108,17 @@ def _run(cfg: TrainConfig, strategy: Strategy, rdir: str, device: torch.device, 
         seen += stage
         tdir = task_dir(rdir, cfg.seq_train_type, stage[0])
         ids = add_special_tokens(tok, seen, cfg.add_task_tokens, cfg.use_sep)
-        resize_for_tokenizer(model, len(tok))
+        resize_for_tokenizer(model, embedding_rows(len(tok), cfg.multitask_specific))
         ctx = TaskContext(index=index, tasks=tuple(stage), prev_tasks=tuple(seen[: -len(stage)]), cfg=cfg,
                           run_dir=rdir, tokenizer=tok, ids=ids, task_dir=tdir, prev_task_dir=prev_dir,
                           prev_train_examples=dict(prev_examples), max_len=max_len, device=device,
                           generator=generator, rng=rng, logger=log, train_teacher=_train_teacher)
         name = "+".join(stage)
         if is_finished(tdir) or (cfg.skip_tasks and set(stage) <= set(cfg.skip_tasks)):
-            ctx.train_examples = _examples(cfg, stage, tok, ids, max_len)
+            ctx.train_examples = _examples(cfg, stage, tok, ids, max_len, rng)
             summary["tasks"][name] = _restore_finished(model, strategy, ctx)
         else:
-            ctx.train_examples = _examples(cfg, stage, tok, ids, max_len,
+            ctx.train_examples = _examples(cfg, stage, tok, ids, max_len, rng,
                                            [strategy.training_data(ctx, t) for t in stage])
             summary["tasks"][name] = train_task(model, tok, ctx, strategy, precision, max_size, identity)
         for t in stage:
@@ -134,13 +135,15 @@ def _train_teacher(tcfg: TrainConfig) -> str:
     return train_sequence(tcfg)["run_dir"]
 
 
-def _examples(cfg: TrainConfig, stage: List[str], tok, ids, max_len: int,
+def _examples(cfg: TrainConfig, stage: List[str], tok, ids, max_len: int, rng: np.random.Generator,
               sources: Optional[List[Optional[str]]] = None) -> List[Encoded]:
-    """The stage's training examples, each task from its own split or from ``sources``."""
-    out: List[Encoded] = []
-    for t, src in zip(stage, sources or [None] * len(stage)):
-        out += load_task_examples(cfg.data_dir, t, "train", tok, ids, max_len, cfg.max_train_examples, src)
-    return out
+    """The stage's training examples, each task from its own split or from ``sources``, arranged
+    as the original's ``--upsample_data`` / ``--round_robin`` / ``--multitask_specific`` / ``--debug``."""
+    per_task = [load_task_paragraphs(cfg.data_dir, t, "train", tok, ids, max_len, cfg.max_train_examples, src)
+                for t, src in zip(stage, sources or [None] * len(stage))]
+    if cfg.multitask_specific:
+        per_task = task_specific_gen(per_task, ids.gen[stage[0]])
+    return arrange_stage(per_task, rng, cfg.upsample_data, cfg.round_robin, cfg.debug)
 
 
 def _restore_finished(model, strategy: Strategy, ctx: TaskContext) -> Dict[str, object]:

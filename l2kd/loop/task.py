@@ -21,6 +21,7 @@ from l2kd import distributed as dist
 from l2kd.batching import strategy_budget, train_batches
 from l2kd.checkpoint import drop_resume_state, load_resume_state, save_resume_state, save_task_outputs
 from l2kd.config import TrainConfig
+from l2kd.data.multitask import embedding_rows, shuffles_batches
 from l2kd.data.qa_format import Encoded, collate
 from l2kd.io_utils import atomic_torch_save
 from l2kd.layout import CHECKPOINT
@@ -142,9 +143,10 @@ def plan_task(model, tok, ctx: TaskContext, strategy: Strategy, max_size: int,
     epochs = n_epochs_for(cfg, len(ctx.train_examples), max_size)
     budget = strategy_budget(ctx.device, cfg.seq_train_type, cfg.cpu_batch_tokens)
     max_count = max(len(data) // cfg.min_n_steps, cfg.min_batch_size)
-    weight = token_weights(len(tok), ctx.ids, cfg.tokens_weight, ctx.device)
+    weight = token_weights(embedding_rows(len(tok), cfg.multitask_specific), ctx.ids, cfg.tokens_weight, ctx.device)
     optimizer = make_optimizer(model, cfg)
-    batches = [train_batches(data, ctx.rng, cfg.train_batch_size, budget, max_count) for _ in range(epochs)]
+    shuffle = shuffles_batches(cfg.debug, cfg.round_robin, cfg.train_batch_size > 0)
+    batches = [train_batches(data, ctx.rng, cfg.train_batch_size, budget, max_count, shuffle) for _ in range(epochs)]
     schedule = LRSchedule(optimizer, cfg.learning_rate, len(data), epochs, sum(len(b) for b in batches),
                           cfg.n_warmup_ratio, cfg.decay_style, cfg.textbook_schedule)
     return TaskPlan(data, extra, epochs, batches, optimizer, schedule, weight)

@@ -26,7 +26,9 @@ class LAMOL(Strategy):
             extra, stats = sample_real(ctx.prev_train_examples, cfg.gen_lm_sample_percentage, ctx.rng)
             ctx.logger.info("real-sample replay: %d examples %s", len(extra), stats.per_task)
         else:
-            n = n_pseudo(cfg.gen_lm_sample_percentage, len(ctx.train_examples), len(ctx.prev_tasks))
+            # --debug: one pseudo-sample per previous task, as the original
+            n = (len(ctx.prev_tasks) if cfg.debug else
+                 n_pseudo(cfg.gen_lm_sample_percentage, len(ctx.train_examples), len(ctx.prev_tasks)))
             path = os.path.join(ctx.prev_task_dir, "lm.csv")
             extra, stats, seqs = generate_pseudo(
                 model, ctx.tokenizer, ctx.ids, ctx.prev_tasks, n, _gen_len(cfg, ctx.max_len), cfg.lm_sampling,
