@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from l2kd import demo
+from l2kd.cli import demo
 
 
 def test_demo_configs_per_strategy(tmp_path):
