@@ -103,6 +103,11 @@ def build_parser(prog: str = "l2kd.train") -> argparse.ArgumentParser:
     g.add_argument("--no_decay_layernorm", action="store_true",
                    help="exclude GPT-2 LayerNorm weights from weight decay (the original decays them by a name "
                         "mismatch)")
+    g.add_argument("--torch_adamw", action="store_true",
+                   help="use torch.optim.AdamW (fused): bias correction inside the denominator, sqrt(v/(1-b2^t))+eps, "
+                        "and weight decay before the step; by default l2kd uses the original's pytorch-transformers "
+                        "1.2.0 AdamW, sqrt(v)+eps with step lr*sqrt(1-b2^t)/(1-b1^t) and weight decay after the step, "
+                        "which differs a lot early in each task with --adam_epsilon 1e-4")
     g.add_argument("--no_kernels", action="store_true", help="use the pure-PyTorch reference ops")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.add_argument("--checkpoint_steps", type=int, default=500,
