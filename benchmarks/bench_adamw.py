@@ -6,7 +6,8 @@ none). Rows:
 
 * ``original-loop``: the pytorch-transformers 1.2.0 update as the original runs it, one
   Python iteration and ~8 kernels per tensor (same arithmetic as ``l2kd``);
-* ``l2kd``: :class:`l2kd.optim.OriginalAdamW`, the same update with ``torch._foreach_*``;
+* ``l2kd``: :class:`l2kd.optim.OriginalAdamW`, the same update: ``torch._foreach_*`` over a
+  group on GPU, cache-sized slices of each tensor on CPU (bit-identical to the loop);
 * ``torch-foreach`` / ``torch-fused``: ``torch.optim.AdamW`` (a different update rule, shown
   for the cost of the step only; ``--torch_adamw`` selects the fused one).
 

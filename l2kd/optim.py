@@ -12,8 +12,14 @@ and decays the weights *before* the Adam step. With the original's ``--adam_epsi
 the two rules differ a lot in the first steps of every task (``sqrt(1 - b2^t)`` is ~0.03 at
 ``t = 1``, so torch's effective epsilon is ~30x smaller), and the optimizer is rebuilt for each
 task. :class:`OriginalAdamW` is that rule, vectorised with ``torch._foreach_*`` over all the
-tensors of a group; :func:`make_optimizer` uses it unless ``TrainConfig.torch_adamw`` asks
-for torch's fused AdamW.
+tensors of a group on GPUs; :func:`make_optimizer` uses it unless ``TrainConfig.torch_adamw``
+asks for torch's fused AdamW.
+
+On CPU, foreach kernels are a loop over tensors, and each of the eight passes streams every
+tensor through memory. There the same operations run instead on cache-sized slices of each
+tensor (one reused buffer for the denominator), so a slice is read from memory about once:
+elementwise results do not depend on the slicing, and the step is ~2.5x faster on 124M
+parameters (``benchmarks/bench_adamw.py``).
 """
 from __future__ import annotations
 
@@ -23,6 +29,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 
 from l2kd.config import TrainConfig
+
+CPU_SLICE = 1 << 20  # elements per slice on CPU (4 MB per fp32 tensor slice)
 
 
 class OriginalAdamW(torch.optim.Optimizer):
@@ -70,9 +78,48 @@ class OriginalAdamW(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
                 buckets.setdefault((p.device, p.dtype, state["step"]), []).append(p)
-            for (_, _, t), params in buckets.items():
-                self._update(group, t, params)
+            for (device, _, t), params in buckets.items():
+                if device.type == "cpu":
+                    self._update_sliced(group, t, params)
+                else:
+                    self._update(group, t, params)
         return loss
+
+    @staticmethod
+    def _step_size(group: dict, t: int) -> float:
+        beta1, beta2 = group["betas"]
+        if not group["correct_bias"]:
+            return group["lr"]
+        # In double precision on the host, as the original.
+        return group["lr"] * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
+
+    def _update_sliced(self, group: dict, t: int, params: List[torch.Tensor]) -> None:
+        """The per-tensor update, slice by slice (CPU; see the module docstring)."""
+        beta1, beta2 = group["betas"]
+        eps, decay = group["eps"], group["lr"] * group["weight_decay"]
+        step_size = self._step_size(group, t)
+        buf = torch.empty(min(CPU_SLICE, max(p.numel() for p in params)), dtype=params[0].dtype)
+        for p in params:
+            st = self.state[p]
+            flat = [x.view(-1) if x.is_contiguous() else None for x in (p, p.grad, st["exp_avg"], st["exp_avg_sq"])]
+            if any(x is None for x in flat):  # a non-contiguous tensor: update it whole
+                flat, n, width = [p, p.grad, st["exp_avg"], st["exp_avg_sq"]], 1, 1
+            else:
+                n, width = p.numel(), CPU_SLICE
+            for lo in range(0, n, width):
+                if width == 1:
+                    x, g, m, v = flat
+                    d = torch.empty_like(x)
+                else:
+                    x, g, m, v = (f[lo: lo + width] for f in flat)
+                    d = buf[: x.numel()]
+                m.mul_(beta1).add_(g, alpha=1.0 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+                torch.sqrt(v, out=d)
+                d.add_(eps)
+                x.addcdiv_(m, d, value=-step_size)
+                if group["weight_decay"] > 0.0:
+                    x.add_(x, alpha=-decay)
 
     def _update(self, group: dict, t: int, params: List[torch.Tensor]) -> None:
         beta1, beta2 = group["betas"]
@@ -85,11 +132,7 @@ class OriginalAdamW(torch.optim.Optimizer):
         torch._foreach_addcmul_(v, grads, grads, value=1.0 - beta2)
         denom = torch._foreach_sqrt(v)
         torch._foreach_add_(denom, group["eps"])
-        step_size = group["lr"]
-        if group["correct_bias"]:
-            # In double precision on the host, as the original.
-            step_size = step_size * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
-        torch._foreach_addcdiv_(params, m, denom, value=-step_size)
+        torch._foreach_addcdiv_(params, m, denom, value=-self._step_size(group, t))
         if group["weight_decay"] > 0.0:
             # p + alpha * p (not p * (1 - lr*wd)): the same rounding as the original's add_.
             torch._foreach_add_(params, params, alpha=-group["lr"] * group["weight_decay"])

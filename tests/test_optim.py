@@ -10,7 +10,13 @@ import torch
 
 from l2kd.config import TrainConfig
 from l2kd.model import tiny_gpt2_config
-from l2kd.optim import OriginalAdamW, make_optimizer, parameter_groups
+from l2kd.optim import CPU_SLICE, OriginalAdamW, make_optimizer, parameter_groups
+
+
+class ForeachAdamW(OriginalAdamW):
+    """The GPU code path (one foreach call per op over a group), run on CPU tensors."""
+
+    _update_sliced = OriginalAdamW._update
 
 
 def reference_step(params: List[torch.Tensor], grads: List[torch.Tensor], state: List[Dict], lr: float,
@@ -35,19 +41,27 @@ def reference_step(params: List[torch.Tensor], grads: List[torch.Tensor], state:
             p.add_(p, alpha=-lr * weight_decay)
 
 
-def _tensors(seed: int) -> List[torch.Tensor]:
+def _tensors(seed: int, big: bool = False) -> List[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(shape, generator=g) for shape in [(7, 5), (13,), (3, 4, 2), (1,)]]
+    shapes = [(7, 5), (13,), (3, 4, 2), (1,)]
+    if big:  # several CPU slices, the last one partial; and a non-contiguous parameter
+        shapes[0] = (CPU_SLICE * 2 + 777,)
+    out = [torch.randn(shape, generator=g) for shape in shapes]
+    if big:
+        out[2] = torch.randn(4, 6, generator=g).t()
+    return out
 
 
+@pytest.mark.parametrize("impl", [OriginalAdamW, ForeachAdamW])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01, 0.3])
 @pytest.mark.parametrize("correct_bias", [True, False])
-def test_matches_the_per_tensor_original_bit_for_bit(weight_decay: float, correct_bias: bool) -> None:
-    ours = [t.clone() for t in _tensors(0)]
-    ref = [t.clone() for t in _tensors(0)]
+def test_matches_the_per_tensor_original_bit_for_bit(weight_decay: float, correct_bias: bool, impl) -> None:
+    big = impl is OriginalAdamW and weight_decay == 0.01
+    ours = [t.clone() for t in _tensors(0, big)]
+    ref = [t.clone() for t in _tensors(0, big)]
     eps = 1e-4
-    opt = OriginalAdamW([{"params": ours[:2], "weight_decay": weight_decay},
-                         {"params": ours[2:], "weight_decay": 0.0}], lr=1e-2, eps=eps, correct_bias=correct_bias)
+    opt = impl([{"params": ours[:2], "weight_decay": weight_decay},
+                {"params": ours[2:], "weight_decay": 0.0}], lr=1e-2, eps=eps, correct_bias=correct_bias)
     state: List[Dict] = [{} for _ in ref]
     gen = torch.Generator().manual_seed(1)
     for step in range(8):
