@@ -52,7 +52,7 @@ def bench_step(args, device, records):
     from l2kd.strategies import GEM, TaskContext
     from l2kd.tokenizer import add_special_tokens, load_base_tokenizer
     from l2kd.data.loading import load_task_examples
-    from l2kd.loop.task import make_optimizer
+    from l2kd.optim import make_optimizer
 
     tasks = ["rnnlg.rest", "rnnlg.hotel", "rnnlg.laptop", "e2enlg"][: args.memories] + ["rnnlg.tv"]
     tok = load_base_tokenizer("tiny-gpt2")

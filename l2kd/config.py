@@ -77,6 +77,7 @@ class TrainConfig:
     decay_style: str = "linear"  # linear | cos | constant
     textbook_schedule: bool = False  # steps-based, decays to 0 (original: examples-based, ends > 0)
     no_decay_layernorm: bool = False  # textbook weight decay groups (original decays LN weights)
+    torch_adamw: bool = False  # torch.optim.AdamW's update (original: pytorch-transformers 1.2.0's, l2kd.optim)
     n_train_epochs: int = 9  # per task
     dynamic_epochs: bool = False
     max_n_epochs: int = 9

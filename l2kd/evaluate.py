@@ -2,7 +2,7 @@
 
 ``evaluate_task`` decodes with the batched KV-cached generator (``--top_k_qa`` sampling,
 seeded; ``--top_k_qa 1`` is greedy) up to ``len(cq) + max answer length`` tokens (the
-original's limit), writes ``qa_<task>_<epoch>.csv`` (columns ``y``, ``pred``) and returns
+original's limit, :func:`answer_limits`), writes ``qa_<task>_<epoch>.csv`` (columns ``y``, ``pred``) and returns
 the metrics. ``evaluate_run`` tests every finished task model of a run on every task,
 writes each task folder's ``metrics.json`` (a list, one entry per tested epoch, of
 ``{task: {metric: value}}``) and the run's accuracy matrix ``R[i][j]``.
@@ -54,23 +54,28 @@ def test_batch_size(device: torch.device, requested: int) -> int:
 @torch.no_grad()
 def predict(model, tok, examples: Sequence[Encoded], eos_id: int, pad_id: int, sampling: SamplingConfig,
             generator: Optional[torch.Generator], max_len: int, batch_size: int) -> List[str]:
-    """Decoded answers for ``examples`` (prompt ``cq``, no generation token, as the original)."""
-    max_a = max((_longest_answer(ex.answer, pad_id) for ex in examples), default=0) + 1
-    limits = [max(1, min(max_a, max_len - len(ex.cq))) for ex in examples]
+    """Decoded answers for ``examples`` (the test prompt ``c [sep] q __ans__``, no generation
+    token, as the original), each at most :func:`answer_limits` tokens long."""
+    limits = answer_limits(examples, max_len)
     was_training = model.training
     model.eval()
-    outs = generate(model, [ex.cq for ex in examples], limits, eos_id, pad_id, sampling, generator, batch_size)
+    outs = generate(model, [ex.prompt for ex in examples], limits, eos_id, pad_id, sampling, generator, batch_size)
     model.train(was_training)
     return [tok.decode(o).strip() for o in outs]
 
 
-def _longest_answer(answer_ids: Sequence[int], pad_id: int) -> int:
-    """Token length of the longest gold answer (they are already encoded, joined by ``__pad__``)."""
-    longest = run = 0
-    for t in answer_ids:
-        run = 0 if t == pad_id else run + 1
-        longest = max(longest, run)
-    return longest
+def answer_limits(examples: Sequence[Encoded], max_len: int) -> List[int]:
+    """Most answer tokens (eos not counted) decoded per example, as the original's test.
+
+    The original stops an answer at ``len(cq) + max_a_len`` tokens or at ``max_len``, where
+    ``max_a_len`` is the longest *training-style* answer of the whole test set: all gold answers
+    of an example encoded and joined by ``__pad__`` (so with two references about twice one
+    reference). When every answer is empty (``max_a_len`` 0) the ``len(cq)`` stop is never hit
+    and only ``max_len`` (or eos) ends the answer.
+    """
+    max_a = max((ex.answer_len for ex in examples), default=0)
+    room = [max_len - len(ex.prompt) for ex in examples]
+    return [max(1, min(max_a, r) if max_a > 0 else r) for r in room]
 
 
 def write_qa_csv(path: str, golds: Sequence[Sequence[str]], preds: Sequence[str]) -> None:

@@ -1,7 +1,10 @@
-"""Model construction: pretrained GPT-2 / openai-gpt from local files, or the offline tiny GPT-2."""
+"""Model construction: pretrained GPT-2 / openai-gpt from local files (also folders saved by
+pytorch-transformers 1.x, the original's library), or the offline tiny GPT-2."""
 from __future__ import annotations
 
+import json
 import os
+from typing import Optional
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
@@ -16,21 +19,80 @@ def tiny_gpt2_config(vocab_size: int = 50257) -> GPT2Config:
 
 
 def load_base_model(model_name: str, seed: int) -> PreTrainedModel:
-    """``tiny-gpt2``: random init (seeded); anything else: pretrained weights from a local directory
-    or the Hugging Face cache (no download)."""
+    """``tiny-gpt2``: random init (seeded); a directory: the model saved there (current
+    transformers, or pytorch-transformers 1.x's ``save_pretrained``); else pretrained weights
+    from the Hugging Face cache (no download)."""
     if model_name == "tiny-gpt2":
         torch.manual_seed(seed)
         return GPT2LMHeadModel(tiny_gpt2_config())
+    if os.path.isdir(model_name):
+        return load_model_dir(model_name)
     from transformers import AutoModelForCausalLM
 
     try:
         return AutoModelForCausalLM.from_pretrained(model_name, local_files_only=True)
     except Exception as exc:
-        where = "directory" if os.path.isdir(model_name) else "Hugging Face cache"
         raise FileNotFoundError(
-            f"--model_name {model_name}: pretrained weights not found in the local {where} "
-            "(l2kd never downloads; put the weights there or pass a model directory)"
+            f"--model_name {model_name}: not a directory and not loadable from the local Hugging Face cache "
+            f"(l2kd never downloads; fetch it once with transformers or pass a model directory): "
+            f"{type(exc).__name__}: {exc}"
         ) from exc
+
+
+# Files a model folder can hold its weights in (current transformers, then pytorch-transformers 1.x).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+# GPT2Config fields of pytorch-transformers 1.x's config.json that define the architecture.
+LEGACY_GPT2_FIELDS = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "layer_norm_epsilon",
+                      "initializer_range", "resid_pdrop", "embd_pdrop", "attn_pdrop")
+
+
+def legacy_gpt2_config(raw: dict) -> Optional[GPT2Config]:
+    """The :class:`GPT2Config` of a ``config.json`` written by pytorch-transformers 1.x (no
+    ``model_type``), or None when the keys are not GPT-2's (openai-gpt 1.x configs have ``afn``)."""
+    if "model_type" in raw or "afn" in raw or not all(k in raw for k in ("n_embd", "n_layer", "n_head")):
+        return None
+    fields = {k: raw[k] for k in LEGACY_GPT2_FIELDS if k in raw}
+    if "n_positions" not in fields and "n_ctx" in raw:
+        fields["n_positions"] = raw["n_ctx"]
+    return GPT2Config(bos_token_id=50256, eos_token_id=50256, **fields)
+
+
+def load_model_dir(path: str) -> PreTrainedModel:
+    """The causal LM saved in directory ``path``; errors name the real problem (no config,
+    unreadable config, unknown model kind, no weights, weights that do not fit)."""
+    from transformers import AutoModelForCausalLM
+
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"--model_name {path}: the directory has no config.json")
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--model_name {path}: config.json cannot be read as JSON ({exc})") from exc
+    weights = [w for w in WEIGHT_FILES if os.path.isfile(os.path.join(path, w))]
+    if not weights:
+        raise FileNotFoundError(f"--model_name {path}: no weights file in the directory (expected one of "
+                                f"{', '.join(WEIGHT_FILES)})")
+    config = None
+    if "model_type" not in raw:  # pytorch-transformers 1.x wrote no model_type
+        config = legacy_gpt2_config(raw)
+        if config is None:
+            raise ValueError(
+                f"--model_name {path}: config.json has no \"model_type\" and is not a GPT-2 configuration "
+                "(no n_embd/n_layer/n_head, or openai-gpt's afn); add \"model_type\" (e.g. \"openai-gpt\") to it")
+    try:
+        cls = GPT2LMHeadModel if config is not None else AutoModelForCausalLM
+        model, info = cls.from_pretrained(path, config=config, local_files_only=True, output_loading_info=True)
+    except Exception as exc:
+        raise ValueError(f"--model_name {path}: loading {weights[0]} with its config.json failed: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    # transformers fills weights missing from the file with random values and only logs it.
+    missing = [k for k in info.get("missing_keys", ()) if not k.endswith("lm_head.weight")]  # tied to wte
+    if missing:
+        raise ValueError(f"--model_name {path}: {weights[0]} lacks weights of the configured model "
+                         f"({len(missing)} missing, e.g. {sorted(missing)[:3]}): a different architecture?")
+    return model
 
 
 def context_length(model: PreTrainedModel) -> int:

@@ -103,6 +103,11 @@ def build_parser(prog: str = "l2kd.train") -> argparse.ArgumentParser:
     g.add_argument("--no_decay_layernorm", action="store_true",
                    help="exclude GPT-2 LayerNorm weights from weight decay (the original decays them by a name "
                         "mismatch)")
+    g.add_argument("--torch_adamw", action="store_true",
+                   help="use torch.optim.AdamW (fused): bias correction inside the denominator, sqrt(v/(1-b2^t))+eps, "
+                        "and weight decay before the step; by default l2kd uses the original's pytorch-transformers "
+                        "1.2.0 AdamW, sqrt(v)+eps with step lr*sqrt(1-b2^t)/(1-b1^t) and weight decay after the step, "
+                        "which differs a lot early in each task with --adam_epsilon 1e-4")
     g.add_argument("--no_kernels", action="store_true", help="use the pure-PyTorch reference ops")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.add_argument("--checkpoint_steps", type=int, default=500,
@@ -177,7 +182,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         teacher_learning_rate=args.teacher_learning_rate, device=args.device, fp32=args.fp32,
         bf16_cpu=args.bf16_cpu, use_kernels=use_k,
         checkpoint_steps=args.checkpoint_steps, quiet=args.quiet, skip_tasks=tuple(args.skip_tasks or ()),
-        test_training_set=args.test_training_set, discard_stale=args.discard_stale, debug=args.debug,
+        test_training_set=args.test_training_set, discard_stale=args.discard_stale,
+        torch_adamw=args.torch_adamw, debug=args.debug,
         logging_steps=1 if args.debug else args.logging_steps, round_robin=args.round_robin,
         upsample_data=upsample_rates(args.upsample_data), multitask_specific=args.multitask_specific,
         extra_e2e=args.extra_e2e,

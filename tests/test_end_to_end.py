@@ -36,7 +36,8 @@ def test_lll_two_tasks_layout_and_metrics(tmp_path, data_dir):
     # pseudo-samples of task 1 were generated before task 2 and written in task 1's folder
     with open(os.path.join(rdir, "rnnlg.rest", "lm.csv")) as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["gen"] and len(rows) - 1 == 6 and all(r[0].startswith("__gen__") for r in rows[1:])
+    # decoded as the original writes it: pytorch-transformers 1.2.0 puts a space before added tokens
+    assert rows[0] == ["gen"] and len(rows) - 1 == 6 and all(r[0].startswith(" __gen__") for r in rows[1:])
     replay = summary["tasks"]["rnnlg.tv"]["replay"]
     assert replay["generated"] == 6 and replay["parsed"] + replay["dropped"] == 6
     assert summary["tasks"]["rnnlg.tv"]["replayed"] == replay["parsed"]

@@ -1,10 +1,15 @@
 """LAMOL's QA format: token layout, truncation, batching tensors and pseudo-sample parsing.
 
-For context ids ``c``, question ids ``q`` and answer ids ``a`` (ORIGINAL.md 3, K:utils.py:371-386):
+For context ids ``c``, question ids ``q`` and answer ids ``a`` (L2KD utils.py:371-386):
 
 * test prompt      ``cq   = c + [sep] + q + [ans]``  (``[sep]`` only with ``--use_sep``)
 * QA input/target  ``cqa  = cq + a``;  ``Y = [-1]*(len(cq)-1) + a + [eos]``
 * LM input/target  ``[gen] + cqa``;    ``cqa + [eos]``  (LM loss on every position)
+
+A context too long for ``max_len`` keeps its first tokens, with a budget computed separately
+for the test prompt (``max_len - 1 - len(sep + q + ans)``) and for the training sequences
+(``max_len - 1 - len(sep + q + ans + a)``): the test prompt keeps ``len(a)`` more context
+tokens than the training ``cq`` (:attr:`Encoded.prompt`).
 
 Several gold answers are joined by ``__pad__`` when used as a training target. Padding is on
 the right with ``__pad__`` (inputs) and -1 (targets); GPT-2 is causal, so no attention mask
@@ -34,33 +39,55 @@ class Encoded:
     qa_id: str = ""
     is_pseudo: bool = False
     truncated: bool = False
+    test_cq: Optional[List[int]] = None  # the test prompt, when it keeps more context than cq
+    full_answer_len: int = -1  # length of the joined answers before any truncation; -1 = len(answer)
 
     @property
     def lm_length(self) -> int:
         """Length of the LM input ``[gen] + cq + a`` (the longest of the two inputs)."""
         return 1 + len(self.cq) + len(self.answer)
 
+    @property
+    def prompt(self) -> List[int]:
+        """The test-time prompt ``c + [sep] + q + [ans]`` (context cut without the answer's share)."""
+        return self.cq if self.test_cq is None else self.test_cq
+
+    @property
+    def answer_len(self) -> int:
+        """Token length of the gold answers joined by ``__pad__``, as encoded before truncation."""
+        return len(self.answer) if self.full_answer_len < 0 else self.full_answer_len
+
 
 def encode_example(tok, ids: SpecialIds, context: str, question: str, answers: Sequence[str], task: str,
                    max_len: int, qa_id: str = "", is_pseudo: bool = False) -> Encoded:
     """Tokenize one example in LAMOL's layout, truncating the context (then the answer) so the
-    LM input ``[gen] + cq + a`` and its target fit ``max_len`` tokens."""
+    LM input ``[gen] + cq + a`` and its target fit ``max_len`` tokens.
+
+    ``golds`` are the answers as the original's test sees them: each one encoded and decoded
+    again (stripped), so they go through the same decoding as the predictions.
+    """
     c = tok.encode(context) if context else []
     q = tok.encode(question) if question else []
     a: List[int] = []
+    golds: List[str] = []
     for i, text in enumerate(answers):
         if i:
             a.append(ids.pad)
-        a.extend(tok.encode(text))
+        piece = tok.encode(text)
+        a.extend(piece)
+        golds.append(tok.decode(piece).strip())
     sep = [ids.sep] if ids.sep >= 0 else []
-    return assemble(c, sep + q, a, ids, task, max_len, golds=list(answers), qa_id=qa_id, is_pseudo=is_pseudo)
+    return assemble(c, sep + q, a, ids, task, max_len, golds=golds, qa_id=qa_id, is_pseudo=is_pseudo)
 
 
 def assemble(c: List[int], sep_q: List[int], a: List[int], ids: SpecialIds, task: str, max_len: int,
              golds: Optional[List[str]] = None, qa_id: str = "", is_pseudo: bool = False,
              gen_id: Optional[int] = None) -> Encoded:
     """Build :class:`Encoded` from id pieces with LAMOL's truncation: keep the context's first
-    tokens; if even an empty context does not fit, cut the answer (the original cuts it too)."""
+    tokens; if even an empty context does not fit, cut the answer (the original cuts it too).
+    The test prompt's context budget leaves out the answer (``Encoded.prompt``)."""
+    full_answer_len = len(a)
+    test_cq = _test_prompt(c, sep_q, ids.ans, max_len)
     rest = len(sep_q) + 1 + len(a)  # sep + q + ans + a
     budget = max_len - 1 - rest  # one position for the gen token of the LM input
     truncated = False
@@ -72,8 +99,21 @@ def assemble(c: List[int], sep_q: List[int], a: List[int], ids: SpecialIds, task
         overflow = 1 + len(c) + len(sep_q) + 1 + len(a) - max_len
         if overflow > 0:  # question alone too long: keep its head
             sep_q = sep_q[: len(sep_q) - overflow]
-    return Encoded(cq=c + sep_q + [ids.ans], answer=a, gen_id=ids.gen.get(task, -1) if gen_id is None else gen_id,
-                   task=task, golds=golds or [], qa_id=qa_id, is_pseudo=is_pseudo, truncated=truncated)
+    cq = c + sep_q + [ids.ans]
+    return Encoded(cq=cq, answer=a, gen_id=ids.gen.get(task, -1) if gen_id is None else gen_id,
+                   task=task, golds=golds or [], qa_id=qa_id, is_pseudo=is_pseudo, truncated=truncated,
+                   test_cq=None if test_cq == cq else test_cq, full_answer_len=full_answer_len)
+
+
+def _test_prompt(c: List[int], sep_q: List[int], ans: int, max_len: int) -> List[int]:
+    """``c + sep + q + [ans]`` with the context cut to ``max_len - 1 - len(sep + q + ans)``
+    tokens, as the original's test prompt (``len <= max_len - 1``: room for one answer token).
+    A question that alone leaves no room keeps its head (the original's negative slice there
+    would drop the context's *tail* and still overflow)."""
+    budget = max_len - 1 - (len(sep_q) + 1)
+    if budget < 0:
+        return sep_q[: max(max_len - 2, 0)] + [ans]
+    return c[:budget] + sep_q + [ans]
 
 
 @dataclass

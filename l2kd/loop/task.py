@@ -26,6 +26,7 @@ from l2kd.data.qa_format import Encoded, collate
 from l2kd.io_utils import atomic_torch_save
 from l2kd.layout import CHECKPOINT
 from l2kd.losses import LOSS_PARTS, loss_denominators, token_weights
+from l2kd.optim import make_optimizer
 from l2kd.rng import capture_rng, restore_rng
 from l2kd.run_identity import IdentityMismatch, differences, mismatch_message
 from l2kd.scalars import ScalarLog
@@ -34,21 +35,6 @@ from l2kd.strategies import Strategy, TaskContext
 
 log = logging.getLogger("l2kd")
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before a run stops
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW as the original: no decay on names containing ``bias`` (and, by the original's
-    name mismatch, GPT-2's ``ln_*`` weights *are* decayed unless ``no_decay_layernorm``)."""
-    no_decay = ["bias"] + (["ln_", "LayerNorm"] if cfg.no_decay_layernorm else ["LayerNorm"])
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if not any(nd in n for nd in no_decay)],
-         "weight_decay": cfg.weight_decay},
-        {"params": [p for n, p in model.named_parameters() if any(nd in n for nd in no_decay)],
-         "weight_decay": 0.0},
-    ]
-    # The fused (single-kernel) AdamW is the same update with far less memory traffic.
-    fused = all(p.dtype == torch.float32 and p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, eps=cfg.adam_epsilon, fused=fused)
 
 
 def n_epochs_for(cfg: TrainConfig, size: int, max_size: int) -> int:

@@ -111,7 +111,10 @@ def test_projected_step_never_increases_memory_losses(tok_ids, tiny_model):
                 off += p.numel()
             after = [float(memory_loss(tiny_model, m, ids, w)) for m in mems]
         if grad is not None:
-            assert all(a <= b + 1e-6 for a, b in zip(after, before)), (before, after)
+            # Where a constraint is not at its margin the projected step is orthogonal to that
+            # memory's gradient, so its loss moves only at second order and by float32 rounding
+            # (one ulp at ~10.8 is ~1e-6): allow 1e-5, far below the raw step's increase below.
+            assert all(a <= b + 1e-5 for a, b in zip(after, before)), (before, after)
         else:
             assert after[0] > before[0]  # without GEM the step hurts memory a
 
