@@ -41,10 +41,8 @@
 #if defined(L2KD_AVX2) && L2KD_AVX2
 #include <immintrin.h>
 #endif
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
+#include "common/cpu_memory.h"
 #include "kd_loss/kd_loss_math.h"
 
 namespace l2kd {
@@ -271,24 +269,6 @@ void row_grad(const float* es, const float* et, const float* ms, const float* mt
   }
 }
 
-// Ask the kernel for transparent huge pages on the 2 MB-aligned interior of a fresh output
-// buffer before its first touch. With 4 KB pages, faulting in a freshly allocated
-// [N, 50257] gradient runs at about 1.7 GB/s on the development machine (a 412 MB fp32
-// gradient: ~240 ms, three times the kernel's byte floor); with 2 MB pages at ~9 GB/s.
-// A hint only: a buffer already touched (reused by malloc) or a kernel without THP is unchanged.
-inline void hint_huge_pages(void* p, size_t nbytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t{1} << 21;
-  if (nbytes < 4 * kHuge) return;
-  const uintptr_t b = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + nbytes) & ~(kHuge - 1);
-  if (e > b) (void)madvise(reinterpret_cast<void*>(b), e - b, MADV_HUGEPAGE);
-#else
-  (void)p;
-  (void)nbytes;
-#endif
-}
-
 template <typename T>
 void kd_loss_cpu_impl(const at::Tensor& s2, const at::Tensor& t2, const std::vector<int64_t>& rows,
                       const std::vector<int64_t>& dropped, float temperature, bool need_grad, at::Tensor& grad2,
@@ -353,7 +333,7 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_cpu(const at::Tensor& student, const 
 
   at::Tensor grad = need_grad ? at::empty(student.sizes(), student.options().memory_format(at::MemoryFormat::Contiguous))
                               : at::empty({0}, student.options());
-  if (need_grad) hint_huge_pages(grad.data_ptr(), grad.nbytes());
+  if (need_grad) l2kd::hint_huge_pages(grad.data_ptr(), grad.nbytes());
   at::Tensor grad2 = need_grad ? grad.view({-1, Vs}) : grad;
   std::vector<float> row_loss(rows.size(), 0.0f);
   const float T = static_cast<float>(temperature);
