@@ -11,11 +11,18 @@ functional (allocates a fresh ``[P]`` output every call) and ``out=`` a prealloc
 (what ``out=grad``, the original's in-place write, costs; on machines where first-touch page
 faults are slow the allocation alone can cost more than the passes).
 
+Nothing violated, the common step: the original returns ``grad`` itself, so l2kd is also timed
+in place (``out=grad``: only the check runs, nothing is copied): ``inplace_ms``.
+
+Peer: ``original_step`` under ``torch.compile`` (inductor; the numpy / quadprog part stays eager
+behind a graph break), a failure recorded as ``compile_error``. Liger-Kernel and
+cut-cross-entropy have no GEM projection.
+
 Floor: bytes that must move / CPU_BANDWIDTH_GBPS: violated ``(2t+2) P * 4`` (read G, g twice,
 write out once), not violated ``(t+1) P * 4`` (read G and g once; the fused op's copy of g is
 extra, the original returns the gradient untouched).
 
-Run from the repo root: ``python benchmarks/bench_gem_project.py [--quick]``.
+Run from the repo root: ``python benchmarks/bench_gem_project.py [--quick] [--P 20000000 --t 4]``.
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import CPU_BANDWIDTH_GBPS, peak_extra_memory_mb, print_table, sync, time_fn, write_results  # noqa: E402
+from peers import NOT_SAME, compiled  # noqa: E402
 
 from l2kd.ops import backend  # noqa: E402
 from l2kd.ops.gem_project import gem_dual_solve_ref, gem_project  # noqa: E402
@@ -89,10 +97,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="P = 1M only, fewer repetitions")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--P", type=int, action="append", default=None, help="flat size(s) instead of the grid's")
+    ap.add_argument("--t", type=int, action="append", default=None, help="memory count(s) instead of the grid's")
     args = ap.parse_args()
     device = torch.device(args.device)
-    sizes = [1_000_000] if args.quick else [1_000_000, 20_000_000]
-    ts = [1, 4] if args.quick else [1, 4, 8]
+    sizes = args.P or ([1_000_000] if args.quick else [1_000_000, 20_000_000])
+    ts = args.t or ([1, 4] if args.quick else [1, 4, 8])
     reps = 3 if args.quick else 7
     print(f"gem_project benchmark: device={device} backend={backend()} baseline solver={SOLVER} "
           f"threads={torch.get_num_threads()} bandwidth={CPU_BANDWIDTH_GBPS} GB/s")
@@ -109,6 +119,18 @@ def main() -> None:
                 fused = time_fn(lambda: gem_project(grad, mem), device, warmup=1, reps=reps)
                 buf = torch.empty_like(grad).zero_()
                 fused_out = time_fn(lambda: gem_project(grad, mem, out=buf), device, warmup=1, reps=reps)
+                inplace = None
+                if not violated:  # in place leaves grad unchanged only when nothing is violated
+                    inplace = time_fn(lambda: gem_project(grad, mem, out=grad), device, warmup=1, reps=reps)
+                    assert torch.equal(grad, ref)
+                cstep, compile_error = compiled(original_step, lambda f: f(grad, mem))
+                comp = None
+                if cstep is not None:
+                    cerr = float((cstep(grad, mem).double() - ref.double()).abs().max() / ref.double().abs().max())
+                    if cerr < 1e-5:
+                        comp = time_fn(lambda: cstep(grad, mem), device, warmup=1, reps=reps)
+                    else:
+                        compile_error = f"compiled original disagrees: rel err {cerr:.2e}"
                 floor_bytes = (2 * t + 2 if violated else t + 1) * P * 4
                 floor_ms = floor_bytes / (CPU_BANDWIDTH_GBPS * 1e9) * 1e3
                 rec = {
@@ -132,18 +154,29 @@ def main() -> None:
                     "orig_MB": peak_mb(lambda: original_step(grad, mem), device),
                     "fused_MB": peak_mb(lambda: gem_project(grad, mem), device),
                     "rel_err": err,
+                    "liger": NOT_SAME["liger_gem"],
                 }
+                if inplace is not None:
+                    rec.update({"inplace_ms": inplace["median_ms"], "inplace_p20": inplace["p20_ms"],
+                                "inplace_p80": inplace["p80_ms"], "speedup_inplace": base["median_ms"] / inplace["median_ms"]})
+                if comp is not None:
+                    rec.update({"compile_ms": comp["median_ms"], "compile_p20": comp["p20_ms"], "compile_p80": comp["p80_ms"]})
+                else:
+                    rec["compile_error"] = compile_error
                 records.append(rec)
                 sync(device)
                 del grad, mem, ref, out, buf
     print_table(records, ["P", "t", "case", "orig_ms", "orig_p20", "orig_p80", "fused_ms", "fused_p20", "fused_p80",
-                          "speedup", "out_ms", "out_p20", "out_p80", "speedup_out", "floor_ms", "fused/floor",
-                          "out/floor", "orig_MB", "fused_MB"])
+                          "speedup", "out_ms", "out_p20", "out_p80", "speedup_out", "inplace_ms", "compile_ms",
+                          "floor_ms", "fused/floor", "out/floor", "orig_MB", "fused_MB"])
+    for r in records:
+        if "compile_error" in r:
+            print(f"  P={r['P']} t={r['t']} {r['case']}: {r['compile_error']}")
     print("speedup = orig/fused (functional, allocates its output); speedup_out = orig/fused with out= a "
-          "preallocated buffer; floor = bytes / bandwidth (module docstring). Timings are wall clock: on a "
+          "preallocated buffer; inplace = out=grad (nothing violated: the check alone, as the original); floor = bytes / bandwidth (module docstring). Timings are wall clock: on a "
           "shared, loaded machine they include time the process waited for a core.")
     path = write_results("gem_project", device, records,
-                         {"quick": args.quick, "baseline_solver": SOLVER, "margin": 0.5, "eps": 1e-3,
+                         {"quick": args.quick, "sizes": sizes, "ts": ts, "baseline_solver": SOLVER, "margin": 0.5, "eps": 1e-3,
                           "dtype": "float32", "bandwidth_gbps": CPU_BANDWIDTH_GBPS})
     print(f"wrote {path}")
 

@@ -3,6 +3,8 @@
 Reference = ``top_k_sample_ref``: torch.topk + masking (+ stable sort / cumsum for top_p)
 + softmax + multinomial. Fused = the compiled op (uniforms drawn with torch.rand included).
 Grid: B in {1, 16, 64}, V = 50257, k = 20, top_p in {0, 0.9}, fp32 (+ an fp16 row).
+Peers: the reference under ``torch.compile`` (inductor, warmed up; a failure is recorded in the
+row as ``compile_error``). Liger-Kernel and cut-cross-entropy have no sampling kernel (recorded).
 Floor = bytes that must be read (B * V * element size) / CPU_BANDWIDTH_GBPS (GPU: not computed).
 
     python benchmarks/bench_top_k_sample.py [--quick] [--device cpu|cuda] [--threads N]
@@ -26,6 +28,7 @@ from benchmarks.common import (  # noqa: E402
     time_fn,
     write_results,
 )
+from benchmarks.peers import NOT_SAME, compiled  # noqa: E402
 from l2kd.ops import has_compiled  # noqa: E402
 from l2kd.ops.top_k_sample import top_k_sample, top_k_sample_ref  # noqa: E402
 
@@ -66,11 +69,16 @@ def main() -> None:
         fused = lambda: top_k_sample(x, k, top_p, 1.0, g)  # noqa: E731
         ref = lambda: top_k_sample_ref(x, k, top_p, 1.0, g)  # noqa: E731
         ok = _support(x, k, top_p)
-        for fn in (fused, ref):  # agreement before timing: ids in the filtered support
+        cref, compile_error = compiled(top_k_sample_ref, lambda f: f(x, k, top_p, 1.0, g))
+        comp = (lambda: cref(x, k, top_p, 1.0, g)) if cref is not None else None  # noqa: E731
+        for fn in (fused, ref, comp):  # agreement before timing: ids in the filtered support
+            if fn is None:
+                continue
             ids = fn()
             assert ok[torch.arange(B, device=device), ids].all(), "sampled id outside the kept set"
         tf = time_fn(fused, device, warmup=2, reps=reps)
         tr = time_fn(ref, device, warmup=1, reps=max(3, reps // 2))
+        tc = time_fn(comp, device, warmup=1, reps=max(3, reps // 2)) if comp is not None else None
         mf = peak_extra_memory_mb(fused, device)
         mr = peak_extra_memory_mb(ref, device)
         nbytes = B * V * x.element_size()
@@ -82,20 +90,31 @@ def main() -> None:
             "speedup": tr["median_ms"] / tf["median_ms"],
             "fused_mem_mb": mf, "ref_mem_mb": mr,
             "floor_ms": floor_ms, "fused_vs_floor": tf["median_ms"] / floor_ms if floor_ms == floor_ms else float("nan"),
+            "liger": NOT_SAME["liger_sampling"],
         }
+        if tc is not None:
+            rec.update({"compile_ms": tc["median_ms"], "compile_p20_ms": tc["p20_ms"], "compile_p80_ms": tc["p80_ms"],
+                        "fused_vs_compile": tc["median_ms"] / tf["median_ms"]})
+        else:
+            rec["compile_error"] = compile_error
         records.append(rec)
         rows.append({
             "B": B, "dtype": rec["dtype"], "top_p": top_p,
             "fused ms (p20-p80)": f"{tf['median_ms']:.3f} ({tf['p20_ms']:.3f}-{tf['p80_ms']:.3f})",
             "ref ms (p20-p80)": f"{tr['median_ms']:.2f} ({tr['p20_ms']:.2f}-{tr['p80_ms']:.2f})",
+            "compile ms": f"{tc['median_ms']:.2f}" if tc is not None else "failed",
             "speedup": rec["speedup"], "floor ms": floor_ms, "x floor": rec["fused_vs_floor"],
             "fused MB": mf, "ref MB": mr,
         })
-    cols = ["B", "dtype", "top_p", "fused ms (p20-p80)", "ref ms (p20-p80)", "speedup", "floor ms", "x floor",
+    cols = ["B", "dtype", "top_p", "fused ms (p20-p80)", "ref ms (p20-p80)", "compile ms", "speedup", "floor ms", "x floor",
             "fused MB", "ref MB"]
     print(f"top_k_sample, V={V}, k={k}, device={device}, threads={torch.get_num_threads()}, "
           f"floor at {CPU_BANDWIDTH_GBPS:g} GB/s")
     print_table(rows, cols)
+    for r in records:
+        if "compile_error" in r:
+            print(f"  B={r['B']} {r['dtype']} top_p={r['top_p']}: {r['compile_error']}")
+    print(f"  not timed: {NOT_SAME['liger_sampling']}; cut-cross-entropy neither")
     path = write_results(op="top_k_sample", device=device, records=records,
                          config={"V": V, "k": k, "reps": reps, "quick": args.quick,
                                  "bandwidth_gbps": CPU_BANDWIDTH_GBPS, "threads": torch.get_num_threads(), "compiled": has_compiled("top_k_sample")})

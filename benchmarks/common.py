@@ -17,7 +17,7 @@ import torch
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
-# Measured on the 2-core development machine (DESIGN.md / issue 5): ~14 GB/s DRAM bandwidth.
+# Measured on the 2-core development machine: ~14 GB/s DRAM bandwidth (a reused buffer fills at 13-18 GB/s).
 CPU_BANDWIDTH_GBPS = float(os.environ.get("L2KD_BENCH_BANDWIDTH_GBPS", "14"))
 
 

@@ -5,6 +5,9 @@
       eager      full logits (h @ W^T) + log_softmax / softmax / kl_div + autograd
       unfused_op full logits + the compiled ``l2kd.ops.kd_loss``
       fused_head ``l2kd.ops.linear_kd_loss`` (chunked heads + kd_loss, no [N, V] logits)
+      torch_compile  the eager variant (heads + kl_div) under torch.compile (inductor), compiled
+                 and warmed up in its worker before the first round; a compile failure is
+                 recorded as a skipped row
     Each variant lives in its own fresh worker process; the parent asks them for one run at
     a time, round-robin, so a change in machine load hits all alike. Peak memory is the
     process's resident-set high-water mark during one run minus its resident set before it
@@ -43,7 +46,7 @@ from l2kd.ops.linear_kd_loss import linear_kd_loss  # noqa: E402
 
 TEMPERATURE = 2.0
 CHUNK = 256
-LOSS_VARIANTS = ["eager", "unfused_op", "fused_head"]
+LOSS_VARIANTS = ["eager", "unfused_op", "fused_head", "torch_compile"]
 LOSS_COLUMNS = ["impl", "N", "H", "V", "median_ms", "p20_ms", "p80_ms", "gflop_s", "speedup", "peak_mb", "mem_ratio"]
 STEP_COLUMNS = ["impl", "batch", "seq", "median_ms", "p20_ms", "p80_ms", "tokens_per_s", "speedup", "peak_mb",
                 "mem_ratio"]
@@ -92,9 +95,30 @@ def _loss_worker(variant: str, N: int, H: int, V: int) -> None:
     ht = torch.randn(N, H, generator=g)
     wt = torch.randn(V, H, generator=g) * 0.05
 
+    def eager_loss(hs: torch.Tensor, ws: torch.Tensor, ht: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
+        s = hs @ ws.t()
+        with torch.no_grad():
+            t = ht @ wt.t()
+        return eager_kd(s, t, TEMPERATURE)
+
+    compiled_loss = None
+    if variant == "torch_compile":
+        from benchmarks.peers import compiled
+
+        def warm(fn: Callable) -> None:
+            hs.grad = ws.grad = None
+            fn(hs, ws, ht, wt).backward()
+
+        compiled_loss, why = compiled(eager_loss, warm)
+        if compiled_loss is None:
+            print(json.dumps({"ready": False, "error": why}), flush=True)
+            return
+
     def run() -> torch.Tensor:
         hs.grad = ws.grad = None
-        if variant == "fused_head":
+        if compiled_loss is not None:
+            loss = compiled_loss(hs, ws, ht, wt)
+        elif variant == "fused_head":
             loss = linear_kd_loss(hs, ws, ht, wt, TEMPERATURE, chunk=CHUNK)
         else:
             s = hs @ ws.t()
@@ -129,9 +153,14 @@ def run_loss_bench(N: int, H: int, V: int, reps: int) -> List[Dict[str, object]]
                                   "--H", str(H), "--V", str(V)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  text=True) for v in LOSS_VARIANTS}
     try:
-        for v, p in procs.items():
-            assert json.loads(p.stdout.readline()).get("ready"), v
-        results: Dict[str, List[Dict[str, float]]] = {v: [] for v in LOSS_VARIANTS}
+        skipped: Dict[str, str] = {}
+        for v, p in list(procs.items()):
+            hello = json.loads(p.stdout.readline())
+            if not hello.get("ready"):  # a peer that could not start (compile failure): recorded, not timed
+                skipped[v] = str(hello.get("error", "worker not ready"))
+                p.wait()
+                del procs[v]
+        results: Dict[str, List[Dict[str, float]]] = {v: [] for v in procs}
         for _ in range(reps + 1):  # round 0: peak memory + warm-up (and the agreement check)
             for v, p in procs.items():
                 p.stdin.write("run\n")
@@ -149,13 +178,13 @@ def run_loss_bench(N: int, H: int, V: int, reps: int) -> List[Dict[str, object]]
                 pass
             p.wait()
     ref = results["eager"][0]
-    for v in LOSS_VARIANTS:  # agree before reading the timings
+    for v in results:  # agree before reading the timings
         r = results[v][0]
         for key in ("loss", "gh", "gw"):
             assert abs(r[key] - ref[key]) <= 1e-4 * abs(ref[key]) + 1e-6, (v, key, r[key], ref[key])
     flop = 4 * 2 * N * H * V  # student + teacher logits GEMMs, grad_h and grad_W GEMMs
     records = []
-    for v in LOSS_VARIANTS:
+    for v in results:
         ts = sorted(r["ms"] for r in results[v][1:])
         q = lambda f: ts[min(len(ts) - 1, int(round(f * (len(ts) - 1))))]  # noqa: E731
         peaks = [r["peak_mb"] for r in results[v] if r["peak_mb"] == r["peak_mb"]]
@@ -165,7 +194,7 @@ def run_loss_bench(N: int, H: int, V: int, reps: int) -> List[Dict[str, object]]
     for r in records:
         r["speedup"] = records[0]["median_ms"] / r["median_ms"]
         r["mem_ratio"] = r["peak_mb"] / records[0]["peak_mb"]
-    return records
+    return records + [{"impl": v, "N": N, "H": H, "V": V, "skipped": why} for v, why in skipped.items()]
 
 
 # ----------------------------------------------------------------------------- (b) training step
@@ -291,7 +320,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(f"\n(a) KD loss part fwd+bwd, N={N} H={args.H} V={args.V} fp32, worker process per variant, "
               f"{reps} timed rounds round-robin (+1 round for memory/warm-up)")
         loss_recs = run_loss_bench(N, args.H, args.V, reps)
-        print_table(loss_recs, LOSS_COLUMNS)
+        print_table([r for r in loss_recs if "skipped" not in r], LOSS_COLUMNS)
+        for r in loss_recs:
+            if "skipped" in r:
+                print(f"  {r['impl']} not timed: {r['skipped']}")
     elif not args.skip_loss:
         print("\n(a) skipped: the worker-process memory measurement is CPU-only")
 

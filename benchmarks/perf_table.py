@@ -1,8 +1,11 @@
 """The README's performance table, generated from the benchmarks' JSON files.
 
 Each row names a benchmark record of the eager PyTorch reference and one of l2kd's fused path
-(matched by the fields that identify a case), and prints both figures, their ratio, the hardware
-floor where the benchmark computes one, and which file and machine the figures come from.
+(matched by the fields that identify a case), and prints both figures, the peers measured in the
+same run (the eager formula under torch.compile; Liger-Kernel and cut-cross-entropy where they
+ran, which is on CUDA only: their columns appear when some row has them), l2kd's ratio to the
+eager reference and to the fastest peer, the hardware floor where the benchmark computes one, and
+which file and machine the figures come from.
 
     python benchmarks/perf_table.py                                  # newest results, printed
     python benchmarks/perf_table.py --results benchmarks/reference --readme README.md
@@ -27,6 +30,26 @@ BEGIN, END = "<!-- perf-table:begin -->", "<!-- perf-table:end -->"
 
 
 @dataclass(frozen=True)
+class Peer:
+    """Where a row finds one peer's figure: a record matching ``match`` (plus the row's common
+    fields) in the same file, its ``value`` field; ``error`` names the field that says why the
+    peer did not run (a record of that peer with it, or the fused record's ``error`` field)."""
+
+    column: str  # "torch.compile", "Liger", "CCE"
+    match: Dict[str, object]
+    value: str
+    error: str = "skipped"
+
+
+def _impl_peers() -> Tuple[Peer, ...]:
+    return (Peer("torch.compile", {"impl": "torch_compile"}, "median_ms"), Peer("Liger", {"impl": "liger"}, "median_ms"),
+            Peer("CCE", {"impl": "cce"}, "median_ms"))
+
+
+COMPILE_IN_RECORD = (Peer("torch.compile", {}, "compile_ms", "compile_error"),)
+
+
+@dataclass(frozen=True)
 class Row:
     """One table row: the reference record and the fused record of one benchmark case."""
 
@@ -40,24 +63,28 @@ class Row:
     unit: str  # "ms", "tok/s" or "MB"
     floor: Optional[str] = None  # field of the fused record with the hardware floor (same unit)
     common: Dict[str, object] = field(default_factory=dict)  # fields both records must have
+    peers: Tuple[Peer, ...] = ()
 
 
 ROWS: Tuple[Row, ...] = (
     Row("kd_loss fwd+bwd, N=2048, V=50257, fp32", "kd_loss", "python benchmarks/bench_kd_loss.py",
         {"impl": "eager"}, {"impl": "fused"}, "median_ms", "median_ms", "ms", "floor_ms",
-        {"N": 2048, "dtype": "float32", "mask": "100%"}),
+        {"N": 2048, "dtype": "float32", "mask": "100%"}, _impl_peers()),
     Row("kd_loss fwd+bwd, N=2048, V=50257, bf16", "kd_loss", "python benchmarks/bench_kd_loss.py",
         {"impl": "eager"}, {"impl": "fused"}, "median_ms", "median_ms", "ms", "floor_ms",
-        {"N": 2048, "dtype": "bfloat16", "mask": "100%"}),
+        {"N": 2048, "dtype": "bfloat16", "mask": "100%"}, _impl_peers()),
     Row("top_k_sample, B=64, V=50257, k=20, fp32", "top_k_sample", "python benchmarks/bench_top_k_sample.py --threads 1",
-        {}, {}, "ref_ms", "fused_ms", "ms", "floor_ms", {"B": 64, "top_p": 0.0, "dtype": "float32"}),
+        {}, {}, "ref_ms", "fused_ms", "ms", "floor_ms", {"B": 64, "top_p": 0.0, "dtype": "float32"},
+        COMPILE_IN_RECORD),
     Row("top_k_sample + top-p 0.9, B=64, fp32", "top_k_sample", "python benchmarks/bench_top_k_sample.py --threads 1",
-        {}, {}, "ref_ms", "fused_ms", "ms", "floor_ms", {"B": 64, "top_p": 0.9, "dtype": "float32"}),
+        {}, {}, "ref_ms", "fused_ms", "ms", "floor_ms", {"B": 64, "top_p": 0.9, "dtype": "float32"},
+        COMPILE_IN_RECORD),
     Row("gem_project, P=20M, t=4, violated (vs torch dots + quadprog)", "gem_project",
         "python benchmarks/bench_gem_project.py", {}, {}, "orig_ms", "out_ms", "ms", "floor_ms",
-        {"P": 20_000_000, "t": 4, "case": "violated"}),
-    Row("gem_project, P=20M, t=4, nothing violated", "gem_project", "python benchmarks/bench_gem_project.py",
-        {}, {}, "orig_ms", "out_ms", "ms", "floor_ms", {"P": 20_000_000, "t": 4, "case": "ok"}),
+        {"P": 20_000_000, "t": 4, "case": "violated"}, COMPILE_IN_RECORD),
+    Row("gem_project, P=20M, t=4, nothing violated (l2kd in place, as the original)", "gem_project",
+        "python benchmarks/bench_gem_project.py", {}, {}, "orig_ms", "inplace_ms", "ms", "floor_ms",
+        {"P": 20_000_000, "t": 4, "case": "ok"}, COMPILE_IN_RECORD),
     Row("gem_project, P=124M (GPT-2 size), t=4", "gem_step", "python benchmarks/bench_gem_step.py",
         {}, {}, "reference_ms", "fused_ms", "ms", "floor_ms", {"part": "project", "t": 4}),
     Row("GEM training step, tiny GPT-2, 2 memories", "gem_step", "python benchmarks/bench_gem_step.py",
@@ -65,10 +92,16 @@ ROWS: Tuple[Row, ...] = (
     Row("Word-KD training step, tiny GPT-2, 8x64 tokens", "kd_throughput",
         "python benchmarks/kd_throughput.py --skip-loss", {"impl": "eager"}, {"impl": "fused_head"},
         "tokens_per_s", "tokens_per_s", "tok/s", None, {"table": "train_step"}),
+    Row("KD loss part, N=4096, H=768, V=50257, fp32: fwd+bwd time", "kd_throughput",
+        "python benchmarks/kd_throughput.py", {"impl": "eager"}, {"impl": "fused_head"},
+        "median_ms", "median_ms", "ms", None, {"table": "loss_part"},
+        (Peer("torch.compile", {"impl": "torch_compile"}, "median_ms"),)),
     Row("KD loss part, N=4096, H=768, V=50257, fp32: peak memory", "kd_throughput",
         "python benchmarks/kd_throughput.py", {"impl": "eager"}, {"impl": "fused_head"},
-        "peak_mb", "peak_mb", "MB", None, {"table": "loss_part"}),
+        "peak_mb", "peak_mb", "MB", None, {"table": "loss_part"},
+        (Peer("torch.compile", {"impl": "torch_compile"}, "peak_mb"),)),
 )
+PEER_COLUMNS = ("torch.compile", "Liger", "CCE")
 
 
 def load_results(results_dir: str) -> Dict[str, List[Tuple[str, dict]]]:
@@ -106,10 +139,32 @@ def _fmt(value: float, unit: str) -> str:
     return f"{value:.0f} {unit}"
 
 
+def find_peer(row: Row, peer: Peer, doc: dict, fused: dict) -> Tuple[Optional[float], Optional[str]]:
+    """(value, None) when the peer ran in the file of the row's pair, (None, why) when it was
+    recorded as not run, (None, None) when the file says nothing about it."""
+    if not peer.match:  # the peer's figure sits in the fused record itself
+        if peer.value in fused:
+            return float(fused[peer.value]), None
+        return None, fused.get(peer.error)
+    rec = next((r for r in doc["records"] if _match(r, {**row.common, **peer.match})), None)
+    if rec is None:
+        return None, None
+    if peer.value in rec:
+        return float(rec[peer.value]), None
+    return None, str(rec.get(peer.error, "not run"))
+
+
+def _ratio(r: float, f: float, unit: str) -> str:
+    if unit == "tok/s":
+        return f"{f / r:.2f}x faster" if f >= r else f"{r / f:.2f}x slower"
+    if unit == "MB":
+        return f"{f / r:.3f} of the memory"
+    return f"{r / f:.1f}x faster" if r >= f else f"{f / r:.1f}x slower"
+
+
 def build_table(by_op: Dict[str, List[Tuple[str, dict]]], results_dir: str) -> str:
     """The markdown table (with its provenance lines) for every row that has results."""
-    lines = ["| benchmark | eager reference | l2kd | ratio | hardware floor | l2kd / floor |",
-             "|---|---|---|---|---|---|"]
+    found_rows = []
     sources: Dict[str, dict] = {}
     missing = []
     for row in ROWS:
@@ -119,19 +174,47 @@ def build_table(by_op: Dict[str, List[Tuple[str, dict]]], results_dir: str) -> s
             continue
         path, doc, ref, fused = found
         sources[os.path.basename(path)] = doc.get("environment", {})
+        peers = {p.column: find_peer(row, p, doc, fused) for p in row.peers}
+        found_rows.append((row, ref, fused, peers))
+    # Liger / CCE columns only when some row has a figure for them (they run on CUDA only)
+    shown = [c for c in PEER_COLUMNS
+             if c == "torch.compile" or any(peers.get(c, (None, None))[0] is not None for *_, peers in found_rows)]
+    head = ["benchmark", "eager reference", *shown, "l2kd", "l2kd vs eager", "l2kd vs fastest peer", "hardware floor",
+            "l2kd / floor"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    notes: Dict[str, List[str]] = {}
+    for row, ref, fused, peers in found_rows:
         r, f = float(ref[row.ref_value]), float(fused[row.fused_value])
-        if row.unit == "tok/s":
-            ratio = f"{f / r:.2f}x faster"
-        elif row.unit == "MB":
-            ratio = f"{f / r:.3f} of the memory"
-        else:
-            ratio = f"{r / f:.1f}x faster" if r >= f else f"{f / r:.1f}x slower"
+        cells = [f"{row.label} (`{row.command}`)", _fmt(r, row.unit)]
+        best: Optional[Tuple[float, str]] = None
+        for c in shown:
+            value, why = peers.get(c, (None, None))
+            if value is not None:
+                cells.append(_fmt(value, row.unit))
+                if best is None or (value > best[0] if row.unit == "tok/s" else value < best[0]):
+                    best = (value, c)
+            elif why:
+                cells.append("not run")
+                notes.setdefault(f"{c}: {why}", []).append(row.label)
+            else:
+                cells.append("" if row.peers else "-")
+        cells.append(_fmt(f, row.unit))
+        cells.append(_ratio(r, f, row.unit))
+        cells.append(f"{_ratio(best[0], f, row.unit)} than {best[1]}" if best else "")
         floor = fused.get(row.floor) if row.floor else None
-        floor_cols = f"{_fmt(float(floor), row.unit)} | {f / float(floor):.2f}x" if floor else " | "
-        lines.append(f"| {row.label} (`{row.command}`) | {_fmt(r, row.unit)} | {_fmt(f, row.unit)} | {ratio} | "
-                     f"{floor_cols} |")
+        cells += [_fmt(float(floor), row.unit), f"{f / float(floor):.2f}x"] if floor else ["", ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    # peers never shown as a column: say why once
+    for c in PEER_COLUMNS:
+        if c not in shown:
+            whys = sorted({why for *_, peers in found_rows for col, (v, why) in peers.items() if col == c and why})
+            if whys:
+                notes.setdefault(f"{c}: {whys[0]}", [])
     rel = os.path.relpath(results_dir, os.path.dirname(HERE))
     lines.append("")
+    for text, labels in notes.items():
+        where = f" ({'; '.join(labels)})" if labels else ""
+        lines.append(f"- not run: {text}{where}")
     lines.append(f"Generated by `python benchmarks/perf_table.py --results {rel} --readme README.md` from:")
     for name, env in sorted(sources.items()):
         lines.append(f"- `{rel}/{name}`: {env.get('device_type', '?')} {env.get('device', '')}, "

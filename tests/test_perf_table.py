@@ -48,14 +48,16 @@ def test_rows_come_from_the_newest_file_that_has_them(tmp_path):
     table = pt.build_table(pt.load_results(str(tmp_path)), str(tmp_path))
     row = next(ln for ln in table.splitlines() if ln.startswith("| kd_loss fwd+bwd, N=2048, V=50257, fp32"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1:] == ["100 ms", "20 ms", "5.0x faster", "10 ms", "2.00x"]
+    # no peer figures in these files: the torch.compile column is empty, no Liger / CCE columns
+    assert cells[1:] == ["100 ms", "", "20 ms", "5.0x faster", "", "10 ms", "2.00x"]
+    assert "| Liger |" not in table and "| CCE |" not in table
     assert "kd_loss-cpu-20260101-000000.json" in table and "20260102" not in table
     assert "no results yet for:" in table and "top_k_sample" in table.split("no results yet for:")[1]
     # a newer full run wins
     faster = [dict(full[0]), dict(full[1], median_ms=10.0)]
     _write(tmp_path / "kd_loss-cpu-20260103-000000.json", "kd_loss", faster)
     table = pt.build_table(pt.load_results(str(tmp_path)), str(tmp_path))
-    assert "| 100 ms | 10 ms | 10.0x faster |" in table
+    assert "| 100 ms |  | 10 ms | 10.0x faster |" in table
 
 
 def test_replace_block_and_bad_inputs(tmp_path):
@@ -67,3 +69,41 @@ def test_replace_block_and_bad_inputs(tmp_path):
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(SystemExit, match="broken.json: not a readable benchmark JSON"):
         pt.load_results(str(tmp_path))
+
+
+def test_peer_columns_ratios_and_reasons(tmp_path):
+    pt = _module()
+    case = {"N": 2048, "dtype": "float32", "mask": "100%"}
+    recs = [dict(case, impl="eager", median_ms=100.0), dict(case, impl="fused", median_ms=20.0, floor_ms=10.0),
+            dict(case, impl="torch_compile", median_ms=50.0),
+            dict(case, impl="liger", skipped="liger_kernel runs on CUDA only"),
+            dict(case, impl="cce", skipped="cut-cross-entropy computes cross-entropy")]
+    bf = {"N": 2048, "dtype": "bfloat16", "mask": "100%"}
+    recs += [dict(bf, impl="eager", median_ms=90.0), dict(bf, impl="fused", median_ms=30.0, floor_ms=10.0),
+             dict(bf, impl="torch_compile", skipped="torch.compile failed: no compiler")]
+    _write(tmp_path / "kd_loss-cpu-20260101-000000.json", "kd_loss", recs)
+    top = {"B": 64, "top_p": 0.0, "dtype": "float32", "ref_ms": 9.0, "fused_ms": 3.0, "floor_ms": 1.0}
+    _write(tmp_path / "top_k_sample-cpu-20260101-000000.json", "top_k_sample",
+           [dict(top, compile_ms=2.0), dict(top, top_p=0.9, compile_error="torch.compile failed: boom")])
+    table = pt.build_table(pt.load_results(str(tmp_path)), str(tmp_path))
+    header = table.splitlines()[0]
+    assert "| torch.compile |" in header and "Liger" not in header and "CCE" not in header
+
+    def cells(prefix):
+        row = next(ln for ln in table.splitlines() if ln.startswith("| " + prefix))
+        return [c.strip() for c in row.strip("|").split("|")][1:]
+
+    assert cells("kd_loss fwd+bwd, N=2048, V=50257, fp32") == [
+        "100 ms", "50 ms", "20 ms", "5.0x faster", "2.5x faster than torch.compile", "10 ms", "2.00x"]
+    assert cells("kd_loss fwd+bwd, N=2048, V=50257, bf16")[:3] == ["90 ms", "not run", "30 ms"]
+    # a peer faster than l2kd is reported as such, not hidden
+    assert cells("top_k_sample, B=64")[1:5] == ["2 ms", "3 ms", "3.0x faster", "1.5x slower than torch.compile"]
+    assert cells("top_k_sample + top-p 0.9")[1] == "not run"
+    assert "torch.compile failed: no compiler" in table and "torch.compile failed: boom" in table
+    assert "Liger: liger_kernel runs on CUDA only" in table
+    # a timed Liger figure brings its column
+    recs[3] = dict(case, impl="liger", median_ms=10.0)
+    _write(tmp_path / "kd_loss-cpu-20260102-000000.json", "kd_loss", recs)
+    table = pt.build_table(pt.load_results(str(tmp_path)), str(tmp_path))
+    assert "| Liger |" in table.splitlines()[0]
+    assert "2.0x slower than Liger" in table

@@ -4,8 +4,11 @@
 // or a copy of g when every (G g)_i >= 0. See gem_project_math.h for the solve and
 // l2kd/ops/gem_project.py for the derivation from the original's quadprog call.
 //
-// CPU: pass 0 forms only G g and g.g (fp64) and returns g unchanged when nothing is violated,
-// which is the common case and as cheap as the original's check. Otherwise pass 1 reads G and g once and forms the packed upper triangle of the augmented Gram
+// CPU: pass 0 is the check. fp32: G g in fp32 FMA chains at BLAS speed with a rigorous
+// rounding bound (f32_dot_sign in gem_project_math.h); only when a dot is within its bound
+// of 0 (or not finite) does the exact fp64 pass (G g and g.g) decide. Either way the
+// decision is the fp64 check's and independent of the thread count. With nothing violated,
+// g is returned unchanged: the common case, as cheap as the original's torch.mm check. Otherwise pass 1 reads G and g once and forms the packed upper triangle of the augmented Gram
 // [G; g][G; g]^T in fp64 (the product of two fp32 values is exact in fp64), over fixed-size
 // column blocks whose partials are summed in block order, so the result does not depend on
 // the thread count. The small t x t solve runs on one thread. Pass 2 reads G and g once more
@@ -18,12 +21,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #if defined(L2KD_AVX2) && L2KD_AVX2
 #include <immintrin.h>
 #endif
 
+#include "common/cpu_memory.h"
 #include "gem_project/gem_project_math.h"
 
 namespace l2kd {
@@ -79,6 +84,7 @@ bool handle_status(int status, double eps) {
 namespace {
 
 constexpr int64_t kBlock = 65536;  // columns per deterministic partial
+constexpr int kNeedExact = -100;   // the fp32 check could not decide: run the exact fp64 check
 
 template <typename T>
 inline double to_d(T x) {
@@ -300,6 +306,72 @@ inline int check_dots(int t, const double* dots) {
   return violated ? kStatusViolated : kStatusUnchanged;
 }
 
+#if defined(L2KD_AVX2) && L2KD_AVX2
+inline float hsum8(__m256 v) {
+  const __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 b = _mm_add_ps(a, _mm_movehl_ps(a, a));
+  return _mm_cvtss_f32(_mm_add_ss(b, _mm_shuffle_ps(b, b, 1)));
+}
+
+// Pass 0 for fp32 at BLAS speed: per memory i, d_i = G_i . g and S_i = |G_i| . |g| in fp32 FMA
+// chains over sub-blocks of kSub columns (128 FMAs per lane, then a horizontal sum and at most
+// 7 tail terms: within kF32Chain roundings), each sub-block's fp32 partial added in fp64, over
+// the same deterministic kBlock partials as the fp64 pass. out: t dots, t abs-sums, and the
+// number of fp64-summed partials. The g chunk (4 KB) stays in L1 across the t rows.
+void dots_f32_cpu(const float* G, const float* g, int t, int64_t P, double* d, double* S, double* nparts) {
+  constexpr int64_t kSub = 1024;
+  static_assert(kSub / 8 + 3 + 7 + 2 <= kF32Chain, "fp32 chain longer than the error bound assumes");
+  const int64_t nblocks = (P + kBlock - 1) / kBlock;
+  std::vector<double> partial(static_cast<size_t>(std::max<int64_t>(nblocks, 1) * 2 * t), 0.0);
+  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t begin = b * kBlock, end = std::min(P, begin + kBlock);
+      double* out = partial.data() + b * 2 * t;
+      for (int64_t c0 = begin; c0 < end; c0 += kSub) {
+        const int64_t m = std::min(kSub, end - c0), m8 = m / 8 * 8;
+        const float* gc = g + c0;
+        for (int i = 0; i < t; ++i) {
+          const float* row = G + static_cast<int64_t>(i) * P + c0;
+          __m256 acc = _mm256_setzero_ps(), abs_acc = _mm256_setzero_ps();
+          for (int64_t k = 0; k < m8; k += 8) {
+            const __m256 x = _mm256_loadu_ps(gc + k), y = _mm256_loadu_ps(row + k);
+            acc = _mm256_fmadd_ps(x, y, acc);
+            abs_acc = _mm256_fmadd_ps(_mm256_andnot_ps(sign, x), _mm256_andnot_ps(sign, y), abs_acc);
+          }
+          float ds = hsum8(acc), ss = hsum8(abs_acc);
+          for (int64_t k = m8; k < m; ++k) {
+            ds = std::fma(gc[k], row[k], ds);
+            ss = std::fma(std::fabs(gc[k]), std::fabs(row[k]), ss);
+          }
+          out[i] += static_cast<double>(ds);
+          out[t + i] += static_cast<double>(ss);
+        }
+      }
+    }
+  });
+  for (int i = 0; i < 2 * t; ++i) (i < t ? d[i] : S[i - t]) = 0.0;
+  for (int64_t b = 0; b < nblocks; ++b)
+    for (int i = 0; i < t; ++i) {
+      d[i] += partial[b * 2 * t + i];
+      S[i] += partial[b * 2 * t + t + i];
+    }
+  *nparts = static_cast<double>((P + kSub - 1) / kSub + nblocks);
+}
+
+// Decision of the fp32 check: kStatusUnchanged or kStatusViolated when every dot's sign is
+// certain, kNeedExact when some dot needs the exact fp64 check.
+inline int check_dots_f32(int t, const double* d, const double* S, double nparts, double P) {
+  bool violated = false;
+  for (int i = 0; i < t; ++i) {
+    const int sg = f32_dot_sign(d[i], S[i], nparts, P);
+    if (sg == 0) return kNeedExact;
+    if (sg < 0) violated = true;
+  }
+  return violated ? kStatusViolated : kStatusUnchanged;
+}
+#endif
+
 template <typename T>
 void update_cpu(const T* G, const T* g, const double* v, int t, int64_t P, T* out) {
   constexpr int64_t kChunk = 1024;
@@ -337,9 +409,20 @@ void gem_project_cpu_into(const at::Tensor& grad, const at::Tensor& memory_grads
   std::vector<double> A(static_cast<size_t>(t * t)), c(t), v(t), ws(static_cast<size_t>(solve_workspace_size(t)));
   bool project = false;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "gem_project_cpu", [&] {
-    std::vector<double> dots(static_cast<size_t>(n));
-    dots_cpu<scalar_t>(G.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(), t, P, dots.data());
-    const int checked = check_dots(t, dots.data());
+    int checked = kNeedExact;
+#if defined(L2KD_AVX2) && L2KD_AVX2
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      std::vector<double> d(t), S(t);
+      double nparts = 0.0;
+      dots_f32_cpu(G.const_data_ptr<float>(), g.const_data_ptr<float>(), t, P, d.data(), S.data(), &nparts);
+      checked = check_dots_f32(t, d.data(), S.data(), nparts, static_cast<double>(P));
+    }
+#endif
+    if (checked == kNeedExact) {  // some dot near 0 (or not finite), other dtypes, no AVX2
+      std::vector<double> dots(static_cast<size_t>(n));
+      dots_cpu<scalar_t>(G.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(), t, P, dots.data());
+      checked = check_dots(t, dots.data());
+    }
     if (checked != kStatusViolated) {  // nothing to project (or a non-finite input to report)
       project = handle_status(checked, eps);
       return;
@@ -359,6 +442,7 @@ at::Tensor gem_project_cpu(const at::Tensor& grad, const at::Tensor& memory_grad
   check_inputs(grad, memory_grads, margin, eps);
   TORCH_CHECK(grad.device().is_cpu(), "gem_project: CPU kernel called with grad on ", grad.device());
   at::Tensor out = at::empty({grad.size(0)}, grad.options().memory_format(at::MemoryFormat::Contiguous));
+  hint_huge_pages(out.data_ptr(), out.nbytes());
   gem_project_cpu_into(grad, memory_grads, margin, eps, out);
   return out;
 }

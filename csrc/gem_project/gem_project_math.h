@@ -208,6 +208,26 @@ constexpr int kStatusNoConvergence = -4;
 
 L2KD_HD bool finite(double x) { return x - x == 0.0; }
 
+// The cheap "is any memory violated?" check in fp32 with a rigorous error bound.
+// A dot d = sum_k g_k G_ik accumulated in fp32 (FMA chains of at most kF32Chain roundings
+// per partial, partials summed in fp64 in a fixed order) together with S = the same sum of
+// |g_k G_ik| obeys |d - exact| <= E = S * kF32Chain * 2^-24 (1 + 1e-4) + nparts * 2^-52 * S
+// + P * 2^-149 (rounding of the chains, of the fp64 sum of nparts partials, and of
+// underflowing products). f32_dot_sign says +1 when the exact dot is certainly > 0, -1 when
+// certainly < 0, and 0 when |d| is within E or a value is not finite: then the dot is
+// recomputed exactly in fp64, so the decision equals the fp64 check's and does not depend
+// on the thread count.
+constexpr int kF32Chain = 144;  // 128 FMAs per lane + 3 horizontal adds + 7 tail terms + slack
+
+L2KD_HD int f32_dot_sign(double d, double S, double nparts, double P) {
+  const double u = 5.9604644775390625e-08;           // 2^-24
+  const double tiny = 1.4012984643248171e-45;        // 2^-149
+  const double E = S * (kF32Chain * u * 1.0001 + nparts * 2.220446049250313e-16) + P * tiny;
+  if (d - E > 0.0) return 1;
+  if (d + E < 0.0) return -1;
+  return 0;  // near 0 relative to the bound, or inf / NaN
+}
+
 L2KD_HD int unpack_gram(int t, const double* gram_packed, double eps, double* A, double* c) {
   const int n = t + 1;
   bool mem_ok = true;

@@ -147,5 +147,23 @@ L2KD_HD float grad_term(float b, float p, const RowStats& r, float scale) {
   return scale * (student_prob(b, r.lse_s) * r.P - p);
 }
 
+// The CPU kernel keeps the exps of its statistics pass instead of recomputing them:
+// es_j = exp(b_j - ms_c), et_j = exp(a_j - mt_c) with ms_c, mt_c the maxima of j's column
+// chunk c. Then q_j * P = es_j * exp(ms_c - lse_s) * P and p_j = et_j * exp(mt_c - lse_t),
+// so the gradient needs one multiply-add per element and one exp per chunk and stream.
+// Chunk factor of the student (alpha_c) and of the teacher (beta_c), scale included;
+// 0 for a chunk (or row) whose stream is all -inf.
+L2KD_HD float grad_chunk_alpha(float ms_c, const RowStats& r, float scale) {
+  return (r.lse_s == -L2KD_KD_INF) ? 0.0f : scale * r.P * exp_shift(ms_c, r.lse_s);
+}
+L2KD_HD float grad_chunk_beta(float mt_c, const RowStats& r, float scale) {
+  return scale * exp_shift(mt_c, r.lse_t);
+}
+// Gradient element from the saved exps: alpha_c * es_j - beta_c * et_j (for a widened column
+// j >= Vt pass beta = scale and et = p_last).
+L2KD_HD float grad_from_exps(float es, float et, float alpha, float beta) {
+  return alpha * es - beta * et;
+}
+
 }  // namespace kd
 }  // namespace l2kd

@@ -382,3 +382,66 @@ def test_cuda_unchanged_and_errors():
 def test_opcheck_cuda():
     grad, mem = violated_case(3, 33, seed=0)
     torch.library.opcheck(torch.ops.l2kd.gem_project.default, (grad.cuda(), mem.cuda(), 0.5, 1e-3))
+
+
+# --------------------------------------------------------------------------------------------
+# The fp32 no-conflict check: rounding-bounded, with an exact fp64 re-check near 0
+
+
+def _cancelling_case(P=3 * 65536 + 37, y=-1.0, lane_col=16):
+    """g = 1 and memory 0 = x, y, -x in one AVX lane (columns c, c+8, c+16), zero elsewhere:
+    the exact dot is y, but an fp32 accumulation gives (x + y) - x = 0 for x = 1e8. Memory 1 is
+    clearly positive. A naive fp32 check would call y = -1 "not violated"."""
+    g = torch.ones(P)
+    mem = torch.zeros(2, P)
+    c = lane_col
+    mem[0, c], mem[0, c + 8], mem[0, c + 16] = 1e8, y, -1e8
+    mem[1] = torch.rand(P, generator=torch.Generator().manual_seed(1))
+    assert float(mem[0].double() @ g.double()) == y
+    return g, mem
+
+
+@needs_compiled
+@pytest.mark.parametrize("y", [-1.0, 1.0, 0.0])
+def test_check_near_zero_dot_is_exact(y):
+    g, mem = _cancelling_case(y=y)
+    out = gem_project(g, mem)
+    ref = gem_project_ref(g, mem)
+    if y < 0:  # violated in exact arithmetic: projected, as the reference
+        assert not torch.equal(out, g)
+        assert rel_err(out, ref) < 1e-6
+        assert float(mem[0].double() @ out.double()) >= -1e-3
+    else:  # exactly 0 or positive: nothing violated, g unchanged
+        assert torch.equal(out, g) and torch.equal(ref, g)
+
+
+@needs_compiled
+def test_check_decisions_same_for_1_and_2_threads_and_match_ref():
+    """Dots spread around 0 (some within the fp32 bound): the kernel's decision (projected or
+    not) matches the fp64 reference's and is bit-identical for 1 and 2 threads."""
+    P, t = 2 * 65536 + 1001, 4
+    gen = torch.Generator().manual_seed(7)
+    n = torch.get_num_threads()
+    decisions = []
+    try:
+        for case in range(12):
+            mem = torch.randn(t, P, generator=gen)
+            g = torch.randn(P, generator=gen)
+            # shift g along memory 0 so that m0 . g is a tiny multiple (+-) of the dot's rounding scale
+            m0, gd = mem[0].double(), g.double()
+            target = (case - 6) * 1e-4 * float(m0.abs() @ gd.abs()) * 2**-24
+            g = (gd - m0 * ((m0 @ gd - target) / (m0 @ m0))).float()
+            mem[1:] = mem[1:].abs()
+            g_pos = g.abs() if case % 3 == 0 else g  # some cases with every other memory positive
+            exact_violated = bool(((mem.double() @ g_pos.double()) < 0).any())
+            torch.set_num_threads(1)
+            a = gem_project(g_pos, mem)
+            torch.set_num_threads(max(2, n))
+            b = gem_project(g_pos, mem)
+            assert torch.equal(a, b), case
+            assert (not torch.equal(a, g_pos)) == exact_violated, case
+            assert rel_err(a, gem_project_ref(g_pos, mem)) < 1e-6, case
+            decisions.append(exact_violated)
+    finally:
+        torch.set_num_threads(n)
+    assert any(decisions) and not all(decisions)  # both outcomes exercised

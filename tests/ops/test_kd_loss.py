@@ -369,3 +369,40 @@ def test_hand_computed_row():
     loss, grad = torch.ops.l2kd.kd_loss(s, t, None, T, True)
     assert abs(loss.item() - expected) < 1e-5
     torch.testing.assert_close(grad[0].double(), T * (q * pw.sum() - pw), rtol=1e-5, atol=1e-7)
+
+
+def _kd_fp64(s, t, T):
+    """Loss and gradient in float64 (teacher widened by its last column), the accuracy yardstick."""
+    s, t = s.double(), t.double()
+    log_q = torch.log_softmax(s / T, -1)
+    log_p = torch.log_softmax(t / T, -1)
+    if t.shape[-1] < s.shape[-1]:
+        log_p = torch.cat([log_p, log_p[:, -1:].expand(-1, s.shape[-1] - t.shape[-1])], -1)
+    p = log_p.exp()
+    loss = (p * (log_p - log_q)).sum() * T * T / s.shape[0]
+    grad = T * (log_q.exp() * p.sum(-1, keepdim=True) - p) / s.shape[0]
+    return loss, grad
+
+
+@needs_compiled
+@pytest.mark.parametrize("vt", [50257, 50000])
+def test_loss_accuracy_vs_fp64(vt):
+    """The CPU kernel's polynomial exp (not the library expf) costs no accuracy that matters:
+    loss and gradient errors against float64 stay within 2x (plus a few ulp) of the float32
+    reference's own errors."""
+    s = _logits((37, 50257), torch.float32, "cpu", scale=4.0, seed=3)
+    t = _logits((37, vt), torch.float32, "cpu", scale=4.0, seed=4)
+    l64, g64 = _kd_fp64(s, t, 2.0)
+    lr, gr = _run(kd_loss_ref, s, t, None, 2.0)
+    lk, gk = torch.ops.l2kd.kd_loss(s, t, None, 2.0, True)
+    err_ref, err_k = abs(lr.double() - l64).item(), abs(lk.double() - l64).item()
+    assert err_k <= 2 * err_ref + 8 * 2**-24 * abs(l64.item()), (err_k, err_ref)
+    gscale = g64.abs().max().item()
+    gerr_ref = ((gr.double() - g64).abs().max() / gscale).item()
+    gerr_k = ((gk.double() - g64).abs().max() / gscale).item()
+    assert gerr_k <= 2 * gerr_ref + 8 * 2**-24, (gerr_k, gerr_ref)
+    # relative error per element where the gradient is not tiny (ulp-level, not just max-scaled)
+    big = g64.abs() > 1e-3 * gscale
+    rel_k = ((gk.double() - g64).abs()[big] / g64.abs()[big]).max().item()
+    rel_ref = ((gr.double() - g64).abs()[big] / g64.abs()[big]).max().item()
+    assert rel_k <= 2 * rel_ref + 1e-6, (rel_k, rel_ref)
