@@ -81,8 +81,8 @@ def _free_space(path: str) -> str:
 def _is_disk_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
-    # torch.save reports a failed write as RuntimeError("... file write failed")
-    return isinstance(exc, RuntimeError) and "write failed" in str(exc)
+    # torch.save reports a failed write as RuntimeError("... file write failed" / "unexpected pos")
+    return isinstance(exc, RuntimeError) and ("write failed" in str(exc) or "unexpected pos" in str(exc))
 
 
 def fatal_message(exc: BaseException, rdir: str) -> str:
