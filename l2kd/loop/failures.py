@@ -90,8 +90,8 @@ def fatal_message(exc: BaseException, rdir: str) -> str:
     then what to do next)."""
     if _is_disk_full(exc):
         where = getattr(exc, "filename", None) or rdir
-        return (f"no space left on the device while writing {where} ({_free_space(rdir)} free now; "
-                f"{str(exc).splitlines()[0]}). Nothing half-written is left as a result. Free space (or give "
+        detail = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+        return (f"no space left on the device while writing {where} ({_free_space(rdir)} free now; {detail}). Nothing half-written is left as a result. Free space (or give "
                 f"another --model_dir_root), then {RESUME_HINT}")
     if isinstance(exc, KeyboardInterrupt):
         return f"interrupted; {RESUME_HINT}"
