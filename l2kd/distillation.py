@@ -15,7 +15,7 @@ import the loop).
 Seq-KD replaces a task's gold training answers by the teacher's greedy decodes. The file is
 named as the original expected it (``str.replace("train", "distil")`` on the file name:
 ``<t>_to_squad-distil-v2.0.json``), written beside the data, or in the teacher's folder when
-the data folder is read-only, and reused by the teacher that built it (an ``l2kd_teacher``
+the data folder is read-only or inside the installed l2kd package (its bundled data), and reused by the teacher that built it (an ``l2kd_teacher``
 record in the file says which); a file l2kd did not build is the user's and is used as is.
 """
 from __future__ import annotations
@@ -34,6 +34,7 @@ from l2kd.data.qa_format import encode_example
 from l2kd.data.squad import QAExample, load_squad_file, squad_document
 from l2kd.data.tasks import task_file
 from l2kd.evaluate import predict
+from l2kd.generation import progress
 from l2kd.io_utils import atomic_write_json
 from l2kd.layout import model_tag, run_dir
 from l2kd.model import context_length, model_from_task_dir
@@ -110,14 +111,31 @@ def _built_by(distil_path: str) -> Optional[Dict[str, object]]:
     return record if isinstance(record, dict) else None
 
 
-def distil_file_path(cfg: TrainConfig, task: str, teacher_dir: str) -> str:
-    """``<task>_to_squad-distil-v2.0.json`` beside the data, or in the teacher folder if read-only."""
+def _beside_data(cfg: TrainConfig, task: str) -> str:
+    """Where the original looks for ``task``'s Seq-KD file: beside its training file."""
     src = task_file(cfg.data_dir, task, "train")
-    name = os.path.basename(src).replace("train", "ref1" if cfg.ref1 else "distil")
-    beside = os.path.join(os.path.dirname(src), name)
-    if os.access(os.path.dirname(src) or ".", os.W_OK):
+    return os.path.join(os.path.dirname(src), os.path.basename(src).replace("train", "ref1" if cfg.ref1 else "distil"))
+
+
+def user_distil_file(cfg: TrainConfig, task: str) -> Optional[str]:
+    """The Seq-KD file beside the data that l2kd did not build (the user's), or None."""
+    beside = _beside_data(cfg, task)
+    return beside if os.path.isfile(beside) and _built_by(beside) is None else None
+
+
+def _inside_package(path: str) -> bool:
+    package = os.path.dirname(os.path.abspath(__file__))
+    return os.path.commonpath([package, os.path.abspath(path)]) == package
+
+
+def distil_file_path(cfg: TrainConfig, task: str, teacher_dir: str) -> str:
+    """``<task>_to_squad-distil-v2.0.json`` beside the data, or in the teacher folder when the
+    data folder is read-only or l2kd's own bundled data (never write inside the package)."""
+    beside = _beside_data(cfg, task)
+    folder = os.path.dirname(beside) or "."
+    if os.access(folder, os.W_OK) and not _inside_package(folder):
         return beside
-    return os.path.join(teacher_dir, name)
+    return os.path.join(teacher_dir, os.path.basename(beside))
 
 
 def ensure_distil_data(cfg: TrainConfig, task: str, device: torch.device, train_teacher: TrainTeacher) -> str:
@@ -128,10 +146,9 @@ def ensure_distil_data(cfg: TrainConfig, task: str, device: torch.device, train_
     by the teacher that built it; another teacher (another seed, a retrained teacher) builds its own in its own folder, so
     a multi-seed study never trains seed 2 on seed 1's teacher's decodes.
     """
-    src = task_file(cfg.data_dir, task, "train")
-    name = os.path.basename(src).replace("train", "ref1" if cfg.ref1 else "distil")
-    beside = os.path.join(os.path.dirname(src), name)
-    if os.path.isfile(beside) and _built_by(beside) is None:
+    beside = _beside_data(cfg, task)
+    name = os.path.basename(beside)
+    if user_distil_file(cfg, task):
         log.info("[%s] Seq-KD data: using %s (not built by l2kd)", task, beside)
         return beside
     teacher_dir = ensure_teacher(cfg, task, train_teacher)
@@ -154,8 +171,9 @@ def ensure_distil_data(cfg: TrainConfig, task: str, device: torch.device, train_
     max_len = context_length(teacher)
     enc = [encode_example(tok, ids, ex.context, ex.question, ex.answers, task, max_len) for ex in raw]
     log.info("[%s] Seq-KD: decoding %d training answers with the teacher (greedy)", task, len(enc))
-    preds = predict(teacher, tok, enc, ids.eos, ids.pad, SamplingConfig(top_k=1, use_kernels=cfg.use_kernels),
-                    None, max_len, 64)
+    with progress(f"Seq-KD {task}", cfg.quiet):
+        preds = predict(teacher, tok, enc, ids.eos, ids.pad, SamplingConfig(top_k=1, use_kernels=cfg.use_kernels),
+                        None, max_len, 64)
     out = [QAExample(context=ex.context, question=ex.question, answers=[p], qa_id=ex.qa_id, task=task)
            for ex, p in zip(raw, preds)]
     doc = squad_document(out)

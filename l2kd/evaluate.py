@@ -35,7 +35,7 @@ from l2kd.metrics import (backward_transfer, compute_metrics, forgetting, forwar
                           task_score)
 from l2kd.model import context_length, model_from_task_dir, resize_for_tokenizer
 from l2kd.run_identity import differences, learning_config, test_settings
-from l2kd.runtime import log_to, resolve_device
+from l2kd.runtime import bar_options, is_secondary_rank, log_to, resolve_device
 from l2kd.tokenizer import add_special_tokens, load_base_tokenizer
 
 log = logging.getLogger("l2kd")
@@ -163,7 +163,7 @@ def evaluate_run(cfg: TrainConfig, device: Optional[torch.device] = None, quiet:
     rdir = run_dir_of(cfg)
     if not os.path.isdir(rdir):
         raise FileNotFoundError(f"run folder {rdir} does not exist: train first (same flags)")
-    with log_to(os.path.join(rdir, TEST_LOG), quiet):
+    with log_to(os.path.join(rdir, TEST_LOG), is_secondary_rank()):  # --quiet: no bars, log lines stay
         _warn_other_config(rdir, cfg)
         return _evaluate_stages(cfg, rdir, device, quiet)
 
@@ -173,6 +173,7 @@ def _evaluate_stages(cfg: TrainConfig, rdir: str, device: torch.device, quiet: b
     R: List[List[float]] = []
     all_metrics: Dict[str, Dict[str, Dict[str, float]]] = {}
     test_cache: Dict[str, List[Encoded]] = {}
+    by_epoch: Dict[str, Dict[str, List[float]]] = {}  # stage -> tested epoch -> scores
     for index, stage in enumerate(stages):
         tdir = task_dir(rdir, cfg.seq_train_type, stage[0])
         if not os.path.isfile(os.path.join(tdir, "config.json")):
@@ -192,7 +193,7 @@ def _evaluate_stages(cfg: TrainConfig, rdir: str, device: torch.device, quiet: b
             load_task_model(model, tdir, f"model-{ep}")
             gen = torch.Generator(device=device).manual_seed(cfg.seed)
             entry = {}
-            for task in tqdm(cfg.tasks, desc=f"test {'+'.join(stage)} model-{ep}", disable=quiet, leave=False):
+            for task in tqdm(cfg.tasks, desc=f"test {'+'.join(stage)} model-{ep}", **bar_options(quiet)):
                 if task not in test_cache:
                     test_cache[task] = load_task_examples(cfg.data_dir, task, "test", tok, ids, max_len,
                                                           cfg.max_test_examples, eval_file(cfg, task),
@@ -201,12 +202,14 @@ def _evaluate_stages(cfg: TrainConfig, rdir: str, device: torch.device, quiet: b
                 entry[task] = evaluate_task(model, tok, ids, cfg, task, test_cache[task], gen, csv_path)
             entries.append(entry)
         atomic_write_json(os.path.join(tdir, "metrics.json"), entries)
+        by_epoch["+".join(stage)] = {str(ep): [task_score(t, e[t]) for t in cfg.tasks] for ep, e in zip(tested, entries)}
         final = entries[-1]
         R.append([task_score(t, final[t]) for t in cfg.tasks])
         all_metrics["+".join(stage)] = final
         log.info("after %s: %s", "+".join(stage), " ".join(f"{t}={s:.1f}" for t, s in zip(cfg.tasks, R[-1])))
     result = matrix_report(list(cfg.tasks), R, cfg.seq_train_type in MULTI_TYPES)
     result["metrics"] = all_metrics
+    result["by_epoch"] = by_epoch
     result["test_settings"] = test_settings(cfg)
     atomic_write_json(os.path.join(rdir, ACCURACY_MATRIX), result)
     return result
@@ -238,3 +241,19 @@ def format_matrix(result: Dict[str, object], title: str = "") -> str:
     if extra:
         lines.append("  ".join(extra))
     return "\n".join(lines)
+
+
+def format_epoch_matrices(result: Dict[str, object]) -> str:
+    """``--test_all``: one table per tested epoch (a row per stage that has that epoch's model)."""
+    by_epoch = result.get("by_epoch") or {}
+    epochs = sorted({int(e) for rows in by_epoch.values() for e in rows})
+    out = []
+    for ep in epochs:
+        rows = [(stage, rows[str(ep)]) for stage, rows in by_epoch.items() if str(ep) in rows]
+        w = max(10, *(len(t) for t in result["tasks"]))
+        lines = [f"score of model-{ep} after each task (0-100)",
+                 "after".ljust(14) + "".join(t.rjust(w + 1) for t in result["tasks"]) + "avg".rjust(8)]
+        lines += [stage[:14].ljust(14) + "".join(f"{v:{w + 1}.1f}" for v in r) + f"{sum(r) / len(r):8.1f}"
+                  for stage, r in rows]
+        out.append("\n".join(lines))
+    return "\n\n".join(out)

@@ -8,15 +8,33 @@ do not keep the whole batch busy.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
-
 import inspect
+from contextlib import contextmanager
+from typing import Iterator, List, Optional, Sequence
 
 import torch
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from l2kd.config import SamplingConfig
 from l2kd.ops import top_k_sample, top_k_sample_ref
+from l2kd.runtime import bar_options
+
+_PROGRESS: dict = {}  # the bar of the enclosing progress() block: {"desc", "quiet"}
+
+
+@contextmanager
+def progress(desc: str, quiet: bool) -> Iterator[None]:
+    """Show a progress bar (sequences done) over every :func:`generate` call in the block:
+    pseudo-sample generation and Seq-KD decoding take minutes and would otherwise be silent.
+    A block (not an argument) so that callers such as the answer decoder need no new parameter."""
+    before = dict(_PROGRESS)
+    _PROGRESS.update(desc=desc, quiet=quiet)
+    try:
+        yield
+    finally:
+        _PROGRESS.clear()
+        _PROGRESS.update(before)
 
 
 def _cache_kwarg(model: PreTrainedModel) -> str:
@@ -44,10 +62,14 @@ def generate(model: PreTrainedModel, prompts: Sequence[Sequence[int]], max_new_t
     out: List[List[int]] = [[] for _ in prompts]
     # Group prompts of similar length to limit padding.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    bar = tqdm(total=len(prompts), desc=_PROGRESS.get("desc"),
+               **bar_options(_PROGRESS.get("quiet", True) or "desc" not in _PROGRESS))
     for start in range(0, len(order), batch_size):
         idx = order[start: start + batch_size]
         _generate_batch(model, [prompts[i] for i in idx], [max_new_tokens[i] for i in idx], eos_id, pad_id,
                         cfg, generator, device, [out[i] for i in idx])
+        bar.update(len(idx))
+    bar.close()
     return out
 
 

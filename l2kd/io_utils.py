@@ -1,6 +1,7 @@
 """Atomic file writes: a killed run never leaves a half-written file that looks finished."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -9,20 +10,41 @@ from typing import Any
 import torch
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path: str, write) -> None:
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
     try:
+        # mkstemp creates 0600; a result file should be as readable as one from a plain open()
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if not isinstance(exc, OSError) and _nearly_full(d):
+            # torch.save reports a full disk as RuntimeError("... unexpected pos ..."): say what it is
+            raise OSError(errno.ENOSPC, f"No space left on device ({str(exc).splitlines()[0]})", path) from exc
         raise
+
+
+def _nearly_full(folder: str, margin: int = 16 * 2**20) -> bool:
+    """Whether the file system of ``folder`` has less than ``margin`` bytes left."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < margin
 
 
 def atomic_write_text(path: str, text: str) -> None:

@@ -25,7 +25,7 @@ import torch
 from l2kd import distributed as dist
 from l2kd.config import SamplingConfig
 from l2kd.data.qa_format import Encoded, pseudo_from_ids
-from l2kd.generation import generate
+from l2kd.generation import generate, progress
 from l2kd.io_utils import atomic_write_text
 from l2kd.tokenizer import SpecialIds
 
@@ -75,8 +75,8 @@ def read_lm_csv(path: str) -> List[str]:
 
 
 def _make_or_read(model, tok, ids: SpecialIds, prev_tasks: Sequence[str], n_total: int, max_len: int,
-                  sampling: SamplingConfig, generator: torch.Generator, lm_csv_path: str, batch_size: int
-                  ) -> Tuple[List[List[int]], str]:
+                  sampling: SamplingConfig, generator: torch.Generator, lm_csv_path: str, batch_size: int,
+                  quiet: bool = True) -> Tuple[List[List[int]], str]:
     """Re-tokenize an existing ``lm.csv`` or generate the samples and write it; (seqs, source)."""
     ids_path = lm_csv_path[:-4] + "_ids.json"
     if os.path.isfile(lm_csv_path):
@@ -96,8 +96,11 @@ def _make_or_read(model, tok, ids: SpecialIds, prev_tasks: Sequence[str], n_tota
     prompts = [[ids.gen[t]] for t in prev_tasks for _ in range(per)]
     was_training = model.training
     model.eval()
-    new = generate(model, prompts, [max_len - 1] * len(prompts), ids.eos, ids.pad, sampling, generator,
-                   batch_size=batch_size)
+    log.info("generating %d pseudo-samples of %s (up to %d tokens each) into %s", len(prompts),
+             ", ".join(prev_tasks), max_len - 1, lm_csv_path)
+    with progress("pseudo-samples", quiet):
+        new = generate(model, prompts, [max_len - 1] * len(prompts), ids.eos, ids.pad, sampling, generator,
+                       batch_size=batch_size)
     model.train(was_training)
     seqs = [p + n for p, n in zip(prompts, new)]
     atomic_write_text(ids_path, json.dumps({"ids": seqs, "generator_state": generator.get_state().tolist()}))
@@ -107,13 +110,14 @@ def _make_or_read(model, tok, ids: SpecialIds, prev_tasks: Sequence[str], n_tota
 
 def generate_pseudo(model, tok, ids: SpecialIds, prev_tasks: Sequence[str], n_total: int, max_len: int,
                     sampling: SamplingConfig, generator: torch.Generator, lm_csv_path: str,
-                    batch_size: int = 64) -> Tuple[List[Encoded], ReplayStats, List[List[int]]]:
-    """Generate (or re-read from an existing ``lm.csv``) and parse pseudo-samples of ``prev_tasks``."""
+                    batch_size: int = 64, quiet: bool = True) -> Tuple[List[Encoded], ReplayStats, List[List[int]]]:
+    """Generate (or re-read from an existing ``lm.csv``) and parse pseudo-samples of ``prev_tasks``
+    (a progress bar while generating unless ``quiet``)."""
     gen_to_task = {ids.gen[t]: t for t in prev_tasks}
     stats = ReplayStats(requested=n_total)
     if dist.is_main():
         seqs, stats.source = _make_or_read(model, tok, ids, prev_tasks, n_total, max_len, sampling, generator,
-                                           lm_csv_path, batch_size)
+                                           lm_csv_path, batch_size, quiet)
     else:
         seqs = None
     # rank 0 generated (or read) the samples: every rank trains on the very same ones

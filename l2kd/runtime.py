@@ -51,8 +51,22 @@ def precision_context(device: torch.device, fp32: bool, bf16_cpu: bool
     return nullcontext, None
 
 
+def is_secondary_rank() -> bool:
+    """A torchrun process other than rank 0 (read from the environment torchrun sets)."""
+    return int(os.environ.get("RANK", "0")) != 0
+
+
+def bar_options(quiet: bool) -> dict:
+    """tqdm keyword arguments of every progress bar: none with ``--quiet`` or on ranks other
+    than 0; redrawn at most every 30 s when stderr is a file (a log), every second on a terminal."""
+    return {"disable": quiet or is_secondary_rank(), "mininterval": 1.0 if sys.stderr.isatty() else 30.0,
+            "leave": False, "dynamic_ncols": True}
+
+
 def setup_console_logging(quiet: bool = False) -> None:
-    """INFO (WARNING with ``quiet``) lines of the ``l2kd`` logger to stderr, installed once."""
+    """INFO (WARNING with ``quiet``) lines of the ``l2kd`` logger to stderr, installed once.
+    The training and test commands pass ``quiet`` only for ranks other than 0; ``--quiet``
+    hides progress bars, not log lines."""
     log.setLevel(logging.INFO)
     log.propagate = False
     for h in log.handlers:

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from transformers import GPT2Tokenizer, PreTrainedTokenizer
 
+log = logging.getLogger("l2kd")
 RESOURCE_BPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "resources", "gpt2-bpe")
 EOS = "<|endoftext|>"
 ANS, PAD, UNK, SEP, GEN = "__ans__", "__pad__", "__unk__", "__sep__", "__gen__"
@@ -218,6 +220,35 @@ def is_gpt2_bpe(tok) -> bool:
     return type(tok).__name__ in ("GPT2Tokenizer", "GPT2TokenizerFast")
 
 
+GPT2_VOCAB_SIZE = 50257  # tokens of the bundled BPE (encoder.json)
+# Files any Hugging Face tokenizer is loaded from; a model folder with none of them has no tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "vocab.txt",
+                   "spiece.model", "tokenizer.model", "sentencepiece.bpe.model")
+
+
+def bundled_for_bare_model_dir(model_name: str) -> Optional[PreTrainedTokenizer]:
+    """For a model folder without tokenizer files (``model.save_pretrained(dir)`` writes none):
+    the bundled GPT-2 BPE when ``config.json`` says the vocabulary is GPT-2's, else an error
+    naming the folder (transformers would load a 1-token tokenizer that encodes every text to
+    nothing). None when ``model_name`` is not such a folder."""
+    if not os.path.isdir(model_name) or any(os.path.isfile(os.path.join(model_name, f)) for f in TOKENIZER_FILES):
+        return None
+    config = os.path.join(model_name, "config.json")
+    try:
+        with open(config, encoding="utf-8") as f:
+            vocab = json.load(f).get("vocab_size")
+    except (OSError, ValueError, AttributeError):
+        vocab = None
+    if vocab != GPT2_VOCAB_SIZE:
+        raise FileNotFoundError(
+            f"--model_name {model_name}: the folder has no tokenizer files ({', '.join(TOKENIZER_FILES[:4])}, ...) "
+            f"and its vocabulary ({vocab} tokens in {config}) is not GPT-2's ({GPT2_VOCAB_SIZE}), so l2kd's bundled "
+            "GPT-2 BPE cannot stand in: save the model's tokenizer into the folder (tokenizer.save_pretrained)")
+    log.info("--model_name %s has no tokenizer files: using the GPT-2 BPE bundled with l2kd (%s), which matches its "
+             "%d-token vocabulary", model_name, RESOURCE_BPE, vocab)
+    return bundled_gpt2_tokenizer()
+
+
 @dataclass
 class SpecialIds:
     """Ids of LAMOL's special tokens in one tokenizer."""
@@ -231,11 +262,15 @@ class SpecialIds:
 
 
 def load_base_tokenizer(model_name: str) -> PreTrainedTokenizer:
-    """GPT-2 BPE for gpt2/gpt2-medium/tiny-gpt2 (bundled, offline); a local dir's own tokenizer;
-    openai-gpt from the local Hugging Face cache. GPT-2 tokenizers come wrapped in
-    :class:`OriginalGPT2Tokenizer` (the original's encoding)."""
+    """GPT-2 BPE for gpt2/gpt2-medium/tiny-gpt2 (bundled, offline); a local dir's own tokenizer
+    (or the bundled BPE, see :func:`bundled_for_bare_model_dir`); openai-gpt from the local
+    Hugging Face cache. GPT-2 tokenizers come wrapped in :class:`OriginalGPT2Tokenizer` (the
+    original's encoding)."""
     if model_name in ("gpt2", "gpt2-medium", "tiny-gpt2"):
         return OriginalGPT2Tokenizer(bundled_gpt2_tokenizer())
+    bare = bundled_for_bare_model_dir(model_name)
+    if bare is not None:
+        return OriginalGPT2Tokenizer(bare)
     from transformers import AutoTokenizer
 
     try:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from l2kd.model import load_base_model
-from l2kd.checkpoint import load_task_model
+from l2kd.checkpoint import StateFileError, UnreadableStateFile, load_task_model
 
 
 def test_original_key_layout_loads(tmp_path):
@@ -24,9 +24,9 @@ def test_original_key_layout_loads(tmp_path):
 
 def test_wrong_state_dict_is_refused(tmp_path):
     torch.save({"encoder.weight": torch.zeros(3)}, tmp_path / "model-finish")
-    with pytest.raises(SystemExit, match="not a state dict of this model"):
+    with pytest.raises(StateFileError, match="not a state dict of this model"):
         load_task_model(load_base_model("tiny-gpt2", 0), str(tmp_path))
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "model-finish").write_bytes(b"truncated")
-    with pytest.raises(SystemExit, match="cannot be read"):
+    with pytest.raises(UnreadableStateFile, match="cannot be read"):
         load_task_model(load_base_model("tiny-gpt2", 0), str(tmp_path / "bad"))

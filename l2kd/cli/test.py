@@ -12,7 +12,7 @@ import sys
 from typing import Optional, Sequence
 
 from l2kd import distributed as dist
-from l2kd.evaluate import evaluate_run, format_matrix
+from l2kd.evaluate import evaluate_run, format_epoch_matrices, format_matrix
 from l2kd.launch import under_launcher
 from l2kd.runtime import setup_console_logging
 from l2kd.settings import config_from_args, flag_notes, parse_args
@@ -44,9 +44,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     try:
         result = evaluate_run(cfg, quiet=args.quiet)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"l2kd.test: error: {exc}", file=sys.stderr)
         return 1
+    if cfg.test_all:
+        print(format_epoch_matrices(result) + "\n")
     print(format_matrix(result, "score after each task (0-100)"))
     dist.barrier()
     return 0

@@ -16,13 +16,13 @@ import os
 import shutil
 import time
 from contextlib import nullcontext
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from l2kd import distributed as dist
-from l2kd.checkpoint import load_finished_state, load_task_model, resume_identity
+from l2kd.checkpoint import UnreadableStateFile, load_finished_state, load_task_model, resume_identity
 from l2kd.config import ConfigError, TrainConfig, check_paths
 from l2kd.data.loading import load_task_paragraphs
 from l2kd.data.multitask import arrange_stage, embedding_rows, task_specific_gen
@@ -32,6 +32,9 @@ from l2kd.data.tasks import answers_path, get_task, task_file
 from l2kd.io_utils import atomic_write_json, remove_stale_temps
 from l2kd.layout import (CHECKPOINT, LOCK, RUN_RECORD, TASK_RECORD, TRAIN_LOG, is_finished, run_dir_of, stages,
                          task_dir, writable_root_error)
+from l2kd.loop.checks import (check_encoded, check_skip_tasks, check_special_ids, check_tokenizer,
+                              log_config_warnings, preflight_distil)
+from l2kd.loop.failures import check_finished_files, report_fatal, set_aside_checkpoint
 from l2kd.loop.task import Precision, train_task
 from l2kd.model import context_length, load_base_model, resize_for_tokenizer
 from l2kd.rng import restore_rng
@@ -44,13 +47,17 @@ from l2kd.tokenizer import add_special_tokens, load_base_tokenizer
 log = logging.getLogger("l2kd")
 
 
-def train_sequence(cfg: TrainConfig, strategy: Optional[Strategy] = None) -> Dict[str, object]:
+def train_sequence(cfg: TrainConfig, strategy: Optional[Strategy] = None,
+                   warnings: Sequence[str] = ()) -> Dict[str, object]:
     """Train ``cfg.tasks`` one after another (all at once for multitask/multilm).
 
     Writes the original's layout (run dir, per-task ``model-<epoch>``, ``model-finish``,
     ``config.json``, tokenizer files, ``lm.csv``) plus ``l2kd_task.json`` summaries, and
     returns the run summary. A finished task learnt under the same configuration is loaded,
     not retrained; one learnt under another is refused (or moved aside with ``discard_stale``).
+    ``warnings`` (the command line's) are logged with the configuration's own when the run starts.
+    An error that ends the run is written to the run's log (:mod:`l2kd.loop.failures`) and
+    re-raised.
     """
     strategy = strategy or make_strategy(cfg)
     check_paths(cfg)
@@ -62,24 +69,38 @@ def train_sequence(cfg: TrainConfig, strategy: Optional[Strategy] = None) -> Dic
     rdir = run_dir_of(cfg)
     os.makedirs(rdir, exist_ok=True)
     main = dist.is_main()
-    with log_to(os.path.join(rdir, TRAIN_LOG) if main else None, cfg.quiet or not main), \
-            (RunLock(os.path.join(rdir, LOCK)) if main else nullcontext()):
-        if main:
-            remove_stale_temps(rdir)  # half-written files of a killed earlier run
-        identity = learning_config(cfg)
-        problem = _check_identity(cfg, rdir, identity) if main else None
-        problem = dist.broadcast(problem)
-        if problem:
-            raise IdentityMismatch(problem)
-        sizes = preflight(cfg)
-        log.info("run dir %s | device %s | strategy %s", rdir, device, strategy.name)
-        return _run(cfg, strategy, rdir, device, identity, max(sizes.values()))
+    # --quiet hides progress bars only; ranks other than 0 log warnings and errors only
+    with log_to(os.path.join(rdir, TRAIN_LOG) if main else None, not main):
+        try:
+            with RunLock(os.path.join(rdir, LOCK)) if main else nullcontext():
+                return _locked_run(cfg, strategy, rdir, device, main, warnings)
+        except BaseException as exc:
+            report_fatal(exc, rdir)
+            raise
+
+
+def _locked_run(cfg: TrainConfig, strategy: Strategy, rdir: str, device: torch.device, main: bool,
+                warnings: Sequence[str]) -> Dict[str, object]:
+    """The checks that need the run folder, then the stages."""
+    if main:
+        remove_stale_temps(rdir)  # half-written files of a killed earlier run
+    log_config_warnings(cfg, warnings)
+    identity = learning_config(cfg)
+    problem = _check_identity(cfg, rdir, identity) if main else None
+    problem = dist.broadcast(problem)
+    if problem:
+        raise IdentityMismatch(problem)
+    sizes = preflight(cfg)
+    check_skip_tasks(cfg, rdir)
+    log.info("run dir %s | device %s | strategy %s", rdir, device, strategy.name)
+    return _run(cfg, strategy, rdir, device, identity, max(sizes.values()))
 
 
 def preflight(cfg: TrainConfig) -> Dict[str, int]:
-    """Read every task's training and test files (and answers files) before the first step, so
-    a broken file of the last task is found now, not after the first tasks trained. Returns
-    the training-set sizes (after ``max_train_examples``)."""
+    """Read every task's training and test files (and answers files, and with ``--seq_distil``
+    the user's Seq-KD files) before the first step, so a broken file of the last task is found
+    now, not after the first tasks trained. Returns the training-set sizes (after
+    ``max_train_examples``)."""
     sizes = {}
     for task in cfg.tasks:
         n = len(load_squad_file(task_file(cfg.data_dir, task, "train"), task))
@@ -87,6 +108,7 @@ def preflight(cfg: TrainConfig) -> Dict[str, int]:
         load_squad_file(task_file(cfg.data_dir, task, "test"), task)
         if get_task(task).answers_file:
             load_answers_file(answers_path(cfg.data_dir, task))
+    preflight_distil(cfg)
     return sizes
 
 
@@ -95,6 +117,7 @@ def _run(cfg: TrainConfig, strategy: Strategy, rdir: str, device: torch.device, 
     seed_everything(cfg.seed)
     tok = load_base_tokenizer(cfg.model_name)
     model = load_base_model(cfg.model_name, cfg.seed).to(device)
+    check_tokenizer(tok, model.get_input_embeddings().weight.shape[0], cfg.model_name)
     max_len = context_length(model)
     precision = Precision(*precision_context(device, cfg.fp32, cfg.bf16_cpu))
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -108,18 +131,22 @@ def _run(cfg: TrainConfig, strategy: Strategy, rdir: str, device: torch.device, 
         seen += stage
         tdir = task_dir(rdir, cfg.seq_train_type, stage[0])
         ids = add_special_tokens(tok, seen, cfg.add_task_tokens, cfg.use_sep)
+        check_special_ids(tok, ids, seen, cfg.add_task_tokens, cfg.model_name)
         resize_for_tokenizer(model, embedding_rows(len(tok), cfg.multitask_specific))
         ctx = TaskContext(index=index, tasks=tuple(stage), prev_tasks=tuple(seen[: -len(stage)]), cfg=cfg,
                           run_dir=rdir, tokenizer=tok, ids=ids, task_dir=tdir, prev_task_dir=prev_dir,
                           prev_train_examples=dict(prev_examples), max_len=max_len, device=device,
                           generator=generator, rng=rng, logger=log, train_teacher=_train_teacher)
         name = "+".join(stage)
-        if is_finished(tdir) or (cfg.skip_tasks and set(stage) <= set(cfg.skip_tasks)):
+        skipped = bool(cfg.skip_tasks) and set(stage) <= set(cfg.skip_tasks)
+        if _restorable(tdir, name, skipped):
             ctx.train_examples = _examples(cfg, stage, tok, ids, max_len, rng)
+            check_encoded(ctx.train_examples, name, cfg.model_name, len(tok))
             summary["tasks"][name] = _restore_finished(model, strategy, ctx)
         else:
-            ctx.train_examples = _examples(cfg, stage, tok, ids, max_len, rng,
-                                           [strategy.training_data(ctx, t) for t in stage])
+            sources = [strategy.training_data(ctx, t) for t in stage]
+            ctx.train_examples = _examples(cfg, stage, tok, ids, max_len, rng, sources)
+            check_encoded(ctx.train_examples, name, cfg.model_name, len(tok), ", ".join(s for s in sources if s))
             summary["tasks"][name] = train_task(model, tok, ctx, strategy, precision, max_size, identity)
         for t in stage:
             prev_examples[t] = [e for e in ctx.train_examples if e.task == t]
@@ -128,6 +155,15 @@ def _run(cfg: TrainConfig, strategy: Strategy, rdir: str, device: torch.device, 
         atomic_write_json(os.path.join(rdir, RUN_RECORD), summary)
     dist.barrier()
     return summary
+
+
+def _restorable(tdir: str, name: str, skipped: bool) -> bool:
+    """Whether the stage is loaded rather than trained: finished (or ``--skip_tasks``) with
+    intact state files. Rank 0 checks them (setting damaged ones aside) and tells the others."""
+    finished = is_finished(tdir) or skipped
+    if finished and dist.is_main():
+        finished = check_finished_files(tdir, name)
+    return bool(dist.broadcast(finished))
 
 
 def _train_teacher(tcfg: TrainConfig) -> str:
@@ -154,7 +190,10 @@ def _restore_finished(model, strategy: Strategy, ctx: TaskContext) -> Dict[str, 
         strategy.load_state_dict(state["strategy"])
     restore_rng(state["rng"], ctx.rng, ctx.generator)  # continue where the finished task left them
     log.info("[%s] model-finish found in %s: loaded, not retrained", "+".join(ctx.tasks), ctx.task_dir)
-    with open(os.path.join(ctx.task_dir, TASK_RECORD)) as f:
+    record = os.path.join(ctx.task_dir, TASK_RECORD)
+    if not os.path.isfile(record):  # --skip_tasks on a folder of the original code
+        return {"tasks": list(ctx.tasks), "restored_from": ctx.task_dir}
+    with open(record) as f:
         return json.load(f)
 
 
@@ -166,10 +205,15 @@ def _check_identity(cfg: TrainConfig, rdir: str, identity: Dict[str, object]) ->
     for stage in stages(cfg.seq_train_type, cfg.tasks):
         tdir = task_dir(rdir, cfg.seq_train_type, stage[0])
         found = []
+        if is_finished(tdir) and not check_finished_files(tdir, "+".join(stage)):
+            continue  # damaged: set aside, to be trained again
         if is_finished(tdir):
             found.append((os.path.join(tdir, TASK_RECORD), read_task_identity(os.path.join(tdir, TASK_RECORD))))
         if os.path.isfile(os.path.join(tdir, CHECKPOINT)):
-            found.append((os.path.join(tdir, CHECKPOINT), resume_identity(tdir)))
+            try:
+                found.append((os.path.join(tdir, CHECKPOINT), resume_identity(tdir)))
+            except UnreadableStateFile as exc:
+                set_aside_checkpoint(tdir, exc)
         for path, recorded in found:
             if recorded is None:
                 log.warning("%s records no configuration (written by an older l2kd or the original): reused "

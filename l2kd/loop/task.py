@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
@@ -29,6 +28,7 @@ from l2kd.losses import LOSS_PARTS, loss_denominators, token_weights
 from l2kd.optim import make_optimizer
 from l2kd.rng import capture_rng, restore_rng
 from l2kd.run_identity import IdentityMismatch, differences, mismatch_message
+from l2kd.runtime import bar_options
 from l2kd.scalars import ScalarLog
 from l2kd.schedule import LRSchedule
 from l2kd.strategies import Strategy, TaskContext
@@ -85,25 +85,28 @@ def train_task(model, tok, ctx: TaskContext, strategy: Strategy, precision: Prec
     t0 = time.time()
     model.train()
     scalars = ScalarLog(ctx.run_dir) if dist.is_main() else None  # JSONL (+ TensorBoard when installed)
-    plan = plan_task(model, tok, ctx, strategy, max_size, scalars)
+    plan = plan_task(model, tok, ctx, strategy, max_size)
     progress = resume(model, ctx, strategy, plan, precision, identity)
+    if "replay" in ctx.stats and scalars and progress.step == 0 and progress.epoch == 1:
+        # pseudo-samples generated / parsed / dropped; a resumed task logged them in its first run
+        scalars.write({"task": name, "step": 0, "event": "replay", **ctx.stats["replay"]})
     log.info("[%s] training on %d examples (%d replayed) for %d epochs, %d steps", name, len(plan.data),
              len(plan.extra), plan.epochs,
              plan.schedule.end if ctx.cfg.textbook_schedule else sum(len(b) for b in plan.batches))
     params = [p for p in model.parameters() if p.requires_grad]
+    marks = log_marks(sum(len(b) for b in plan.batches))
     save = lambda: checkpoint(model, ctx, strategy, plan, precision, progress, identity)  # noqa: E731
     t_log = time.time()
     for epoch in range(progress.epoch, plan.epochs + 1):
         skip = progress.pos if epoch == progress.epoch else 0
         batches = plan.batches[epoch - 1]
-        bar = tqdm(batches[skip:], desc=f"{name} epoch {epoch}/{plan.epochs}", disable=ctx.cfg.quiet, leave=False,
-                   mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+        bar = tqdm(batches[skip:], desc=f"{name} epoch {epoch}/{plan.epochs}", **bar_options(ctx.cfg.quiet))
         for pos, idx in enumerate(bar, start=skip + 1):
             rec = step(model, ctx, strategy, plan, precision, progress, idx, params)
             if rec is None:
                 continue
             bar.set_postfix(loss=f"{progress.losses[-1]:.3f}", lr=f"{rec['lr']:.2e}", refresh=False)
-            if progress.step % ctx.cfg.logging_steps == 0:
+            if progress.step % ctx.cfg.logging_steps == 0 or progress.step in marks:
                 _log_step(name, epoch, rec, progress, time.time() - t_log, scalars)
             if ctx.cfg.checkpoint_steps and progress.step % ctx.cfg.checkpoint_steps == 0 and pos < len(batches):
                 progress.epoch, progress.pos = epoch, pos
@@ -116,16 +119,13 @@ def train_task(model, tok, ctx: TaskContext, strategy: Strategy, precision: Prec
     return finish_task(model, tok, ctx, strategy, plan, progress, time.time() - t0, identity)
 
 
-def plan_task(model, tok, ctx: TaskContext, strategy: Strategy, max_size: int,
-              scalars: Optional[ScalarLog]) -> TaskPlan:
+def plan_task(model, tok, ctx: TaskContext, strategy: Strategy, max_size: int) -> TaskPlan:
     """Replay data from ``before_task``, the epochs, every epoch's batches, optimizer and schedule."""
     cfg, name = ctx.cfg, "+".join(ctx.tasks)
     extra = strategy.before_task(ctx, model)
-    if "replay" in ctx.stats and scalars:  # pseudo-samples generated / parsed / dropped
-        scalars.write({"task": name, "step": 0, "event": "replay", **ctx.stats["replay"]})
     data = ctx.train_examples + extra
     if not data:
-        raise SystemExit(f"[{name}] no training examples")
+        raise ValueError(f"[{name}] no training examples")
     epochs = n_epochs_for(cfg, len(ctx.train_examples), max_size)
     budget = strategy_budget(ctx.device, cfg.seq_train_type, cfg.cpu_batch_tokens)
     max_count = max(len(data) // cfg.min_n_steps, cfg.min_batch_size)
@@ -226,6 +226,12 @@ def _skip_bad_step(ctx: TaskContext, progress: Progress, loss: torch.Tensor, sca
             "training diverged; lower --learning_rate or check the data. Earlier tasks' models are intact.")
     if scaler:
         scaler.update(scaler.get_scale() / 2)
+
+
+def log_marks(total_steps: int, n: int = 4) -> set:
+    """Steps logged whatever ``--logging_steps`` is: ``n`` evenly spaced ones ending with the
+    last, so that a task shorter than ``--logging_steps`` still logs its loss."""
+    return {max(1, round(total_steps * k / n)) for k in range(1, n + 1)} if total_steps else set()
 
 
 def _log_step(name: str, epoch: int, rec: Dict[str, float], progress: Progress, seconds: float,

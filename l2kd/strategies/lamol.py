@@ -32,7 +32,7 @@ class LAMOL(Strategy):
             path = os.path.join(ctx.prev_task_dir, "lm.csv")
             extra, stats, seqs = generate_pseudo(
                 model, ctx.tokenizer, ctx.ids, ctx.prev_tasks, n, _gen_len(cfg, ctx.max_len), cfg.lm_sampling,
-                ctx.generator, path)
+                ctx.generator, path, quiet=cfg.quiet)
             ctx.stats["pseudo_examples_shown"] = [ctx.tokenizer.decode(s) for s in seqs[:3]]
         ctx.stats["replay"] = {"requested": stats.requested, "generated": stats.generated,
                                "parsed": stats.parsed, "dropped": stats.dropped,
