@@ -16,8 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
-import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -101,26 +100,14 @@ def load_state_file(path: str, map_location: Any = "cpu", mmap: bool = False) ->
             detail = lines[0].split(" whose module")[0].split(" was not")[0] if lines else "a disallowed object"
             raise UnsafeStateFile(path, (
                 f"{path}: refused: it holds Python objects that loading would construct or run ({detail}); l2kd "
-                "writes only tensors and plain values there, so this file was not written by this l2kd or was "
-                "tampered with. Nothing of it was executed. Delete it (or the task folder) if you do not trust "
-                "it, then re-run the same command.")) from None
+                "writes only tensors and plain values there, so an older l2kd wrote it or it was tampered with. "
+                "Nothing of it was executed. Delete it (a checkpoint.pt: the task restarts) or its task folder "
+                "(the task is trained again), then re-run the same command.")) from None
         raise UnreadableStateFile(path, f"{path}: truncated or corrupt ({text.splitlines()[0]})") from None
     except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UnreadableStateFile(path, f"{path}: truncated or corrupt ({first})") from None
     return from_plain(obj)
-
-
-def move_aside(paths: List[str]) -> List[str]:
-    """Rename damaged files to ``<name>.corrupt-<time>`` (kept for inspection); the new names."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = []
-    for path in paths:
-        if os.path.exists(path):
-            dest = f"{path}.corrupt-{stamp}"
-            os.replace(path, dest)
-            out.append(dest)
-    return out
 
 
 def save_task_outputs(model, tok, tdir: str, info: Dict[str, object], strategy_state: dict,

@@ -202,7 +202,8 @@ def _evaluate_stages(cfg: TrainConfig, rdir: str, device: torch.device, quiet: b
                 entry[task] = evaluate_task(model, tok, ids, cfg, task, test_cache[task], gen, csv_path)
             entries.append(entry)
         atomic_write_json(os.path.join(tdir, "metrics.json"), entries)
-        by_epoch["+".join(stage)] = {str(ep): [task_score(t, e[t]) for t in cfg.tasks] for ep, e in zip(tested, entries)}
+        by_epoch["+".join(stage)] = {str(ep): [task_score(t, e[t]) for t in cfg.tasks]
+                                     for ep, e in zip(tested, entries)}
         final = entries[-1]
         R.append([task_score(t, final[t]) for t in cfg.tasks])
         all_metrics["+".join(stage)] = final

@@ -91,8 +91,9 @@ def fatal_message(exc: BaseException, rdir: str) -> str:
     if _is_disk_full(exc):
         where = getattr(exc, "filename", None) or rdir
         detail = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
-        return (f"no space left on the device while writing {where} ({_free_space(rdir)} free now; {detail}). Nothing half-written is left as a result. Free space (or give "
-                f"another --model_dir_root), then {RESUME_HINT}")
+        return (f"no space left on the device while writing {where} ({_free_space(rdir)} free now; {detail}). "
+                "Nothing half-written is left as a result. Free space (or give another --model_dir_root), then "
+                f"{RESUME_HINT}")
     if isinstance(exc, KeyboardInterrupt):
         return f"interrupted; {RESUME_HINT}"
     if isinstance(exc, SystemExit):
