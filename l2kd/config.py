@@ -47,20 +47,10 @@ class SamplingConfig:
             out.append(f"--temperature_{suffix}: must be > 0 (got {self.temperature})")
         return out
 
-    def path_problems(self) -> List[str]:
-        """The folders this config reads that do not exist (checked when a run starts, not at
-        construction, so a config can describe a run made on another machine)."""
-        out = []
-        if self.teacher_dir and not os.path.isdir(self.teacher_dir):
-            out.append(f"--teacher_dir: {self.teacher_dir!r} is not a directory")
-        if not os.path.isdir(self.data_dir):
-            out.append(f"--data_dir: {self.data_dir!r} is not a directory")
-        return out
-
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything the lifelong loop needs; built from the CLI by :func:`l2kd.train.config_from_args`."""
+    """Everything the lifelong loop needs; built from the CLI by :func:`l2kd.settings.config_from_args`."""
 
     tasks: Tuple[str, ...]
     data_dir: str
