@@ -217,7 +217,9 @@ def _mean_std(values: Sequence[Optional[float]]) -> Dict[str, Optional[float]]:
 def _config_key(config: Optional[dict]) -> Dict[str, str]:
     if not config:
         return {}
-    return {k: json.dumps(v, sort_keys=True) for k, v in config.items() if k not in RUNTIME_KEYS and k != "tasks"}
+    # --unbound off is what a run recorded before the flag existed meant: the same method
+    return {k: json.dumps(v, sort_keys=True) for k, v in config.items()
+            if k not in RUNTIME_KEYS and k != "tasks" and not (k == "unbound" and not v)}
 
 
 def _plain(value: str) -> str:

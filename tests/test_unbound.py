@@ -297,3 +297,16 @@ def test_other_chunks_in_the_same_folder_are_refused(unbound_run):
     # K = 2 over the same 10 questions: task_0 / task_1 of 5 each, but the folders hold K = 3's chunks
     with pytest.raises(IdentityMismatch, match="unbound: 3 -> 2"):
         train_sequence(dataclasses.replace(cfg, unbound=2))
+
+
+def test_report_groups_a_run_recorded_before_the_flag_with_unbound_off():
+    from l2kd.reporting import RunRecord, compare
+
+    def run(seed, **config):
+        return RunRecord(run_dir=f"/runs/{seed}", tasks=list(TASKS), matrix=[[10.0, 0.0], [5.0, 20.0]],
+                         strategy="lll", seed=seed, multitask=False,
+                         config={"seq_train_type": "lll", "seed": seed, "learning_rate": 1e-3, **config})
+
+    assert [r["n"] for r in compare([run(1), run(2, unbound=0)])] == [2]  # one method, two seeds
+    rows = compare([run(1), run(2, unbound=0), run(3, unbound=3)])
+    assert [r["n"] for r in rows] == [2, 1] and "unbound=3" in rows[1]["method"]
