@@ -12,6 +12,7 @@ from typing import List, Tuple
 
 from l2kd.data.multitask import MULTITASK_SPECIFIC_ROWS
 from l2kd.data.tasks import TASKS
+from l2kd.data.unbound import CHUNK_PREFIX
 
 SEQ_TRAIN_TYPES = ("lll", "finetune", "multitask", "multilm", "mas", "ewc", "gem")
 
@@ -121,6 +122,7 @@ class TrainConfig:
     upsample_data: Tuple[int, ...] = ()  # per task of a stage, how many times its paragraphs are repeated
     multitask_specific: bool = False  # multitask: task i's LM rows start with gen id + i (4 extra embedding rows)
     extra_e2e: bool = False  # test e2enlg on its "extra" file instead of "test"
+    unbound: int = 0  # > 0: every task's training data concatenated, cut into chunks task_0.. (<= this many)
 
     def __post_init__(self) -> None:
         errors = self.problems()
@@ -137,9 +139,7 @@ class TrainConfig:
             out.append(f"--tasks: unknown task(s) {', '.join(bad)}; valid tasks: {' '.join(TASKS)}")
         if len(set(self.tasks)) != len(self.tasks):
             out.append(f"--tasks: a task appears twice in {' '.join(self.tasks)}")
-        skip_bad = [t for t in self.skip_tasks if t not in self.tasks]
-        if skip_bad:
-            out.append(f"--skip_tasks: {', '.join(skip_bad)} not in --tasks")
+        out += self._skip_problems()
         checks = [
             ("--gen_lm_sample_percentage", 0.0 <= self.gen_lm_sample_percentage <= 10.0, "must be in [0, 10]",
              self.gen_lm_sample_percentage),
@@ -179,8 +179,47 @@ class TrainConfig:
         if self.seq_train_type in ("multitask", "multilm") and (self.distil or self.seq_distil):
             out.append(f"--distil/--seq_distil are not supported with --seq_train_type {self.seq_train_type}")
         out += self._arrangement_problems()
+        out += self._unbound_problems()
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             out.append(f"--device: expected auto, cpu, cuda or cuda:N (got {self.device!r})")
+        return out
+
+    def _skip_problems(self) -> List[str]:
+        """``--skip_tasks`` names stages: the tasks, or with ``--unbound K`` the chunks
+        ``task_0 .. task_<K-1>`` (the original compares the skipped names with the chunks')."""
+        if self.unbound > 0:
+            valid = [f"{CHUNK_PREFIX}{i}" for i in range(self.unbound)]
+            bad = [t for t in self.skip_tasks if t not in valid]
+            return [f"--skip_tasks: {', '.join(bad)} not a chunk of --unbound {self.unbound} (the stages are "
+                    f"{valid[0]} .. {valid[-1]})"] if bad else []
+        bad = [t for t in self.skip_tasks if t not in self.tasks]
+        return [f"--skip_tasks: {', '.join(bad)} not in --tasks"] if bad else []
+
+    def _unbound_problems(self) -> List[str]:
+        """``--unbound`` with what the original's boundary-free setting cannot run: the flags are
+        named, with the reason (docs/original.md section 9)."""
+        if self.unbound < 0:
+            return [f"--unbound: must be >= 0 (0 = off, K = cut the tasks' concatenated training data into at most "
+                    f"K chunks) (got {self.unbound})"]
+        if not self.unbound:
+            return []
+        out = []
+        flag = f"--unbound {self.unbound}"
+        if self.seq_train_type in ("multitask", "multilm"):
+            out.append(f"{flag} with --seq_train_type {self.seq_train_type}: the original ignores --unbound for "
+                       "the multitask types (their single stage has no task boundaries to remove); drop --unbound")
+        if self.seq_train_type == "gem":
+            out.append(f"{flag} with --seq_train_type gem: the original never creates GEM's memories under "
+                       "--unbound and stops at the second chunk; use lll, finetune, ewc or mas")
+        if self.distil:
+            out.append(f"{flag} with --distil: Word-KD needs a teacher trained on each task, and a chunk "
+                       "(task_0, ...) is not a task with a teacher (the original looks for "
+                       "models/gpt2/lll/task_0_0.2/task_0); drop one of the flags")
+        if self.seq_distil:
+            name = "ref1" if self.ref1 else "distil"
+            out.append(f"{flag} with --seq_distil: Seq-KD trains each task on its teacher's decodes, which do not "
+                       f"exist for a chunk (the original reads task_<i>-{name}.json, which nothing writes); drop one "
+                       "of the flags")
         return out
 
     def _arrangement_problems(self) -> List[str]:

@@ -5,7 +5,8 @@ seeded; ``--top_k_qa 1`` is greedy) up to ``len(cq) + max answer length`` tokens
 original's limit, :func:`answer_limits`), writes ``qa_<task>_<epoch>.csv`` (columns ``y``, ``pred``) and returns
 the metrics. ``evaluate_run`` tests every finished task model of a run on every task,
 writes each task folder's ``metrics.json`` (a list, one entry per tested epoch, of
-``{task: {metric: value}}``) and the run's accuracy matrix ``R[i][j]``.
+``{task: {metric: value}}``) and the run's accuracy matrix ``R[i][j]``: row i the model after
+stage i (a task, or under ``--unbound`` a chunk ``task_<i>``), column j the task ``--tasks[j]``.
 """
 from __future__ import annotations
 
@@ -28,9 +29,9 @@ from l2kd.data.multitask import DEBUG_PARAGRAPHS, embedding_rows
 from l2kd.data.tasks import answers_path, get_task, task_file
 from l2kd.generation import generate
 from l2kd.io_utils import atomic_write_json, atomic_write_text
-from l2kd.layout import ACCURACY_MATRIX, MULTI_TYPES, RUN_RECORD, TASK_RECORD, TEST_LOG, run_dir_of, saved_epochs
-from l2kd.layout import stages as stages_of
-from l2kd.layout import task_dir
+from l2kd.data.unbound import concatenated_training_data
+from l2kd.layout import (ACCURACY_MATRIX, MULTI_TYPES, RUN_RECORD, TASK_RECORD, TEST_LOG, plan_stages, run_dir_of,
+                         saved_epochs, task_dir)
 from l2kd.metrics import (backward_transfer, compute_metrics, forgetting, forward_transfer,
                           task_score)
 from l2kd.model import context_length, model_from_task_dir, resize_for_tokenizer
@@ -169,7 +170,9 @@ def evaluate_run(cfg: TrainConfig, device: Optional[torch.device] = None, quiet:
 
 
 def _evaluate_stages(cfg: TrainConfig, rdir: str, device: torch.device, quiet: bool) -> Dict[str, object]:
-    stages = stages_of(cfg.seq_train_type, cfg.tasks)
+    # --unbound: the chunks the training run made of the same data (as many as it trained)
+    n_train = len(concatenated_training_data(cfg.data_dir, cfg.tasks, cfg.max_train_examples)) if cfg.unbound else 0
+    stages = plan_stages(cfg, n_train)
     R: List[List[float]] = []
     all_metrics: Dict[str, Dict[str, Dict[str, float]]] = {}
     test_cache: Dict[str, List[Encoded]] = {}
@@ -208,7 +211,7 @@ def _evaluate_stages(cfg: TrainConfig, rdir: str, device: torch.device, quiet: b
         R.append([task_score(t, final[t]) for t in cfg.tasks])
         all_metrics["+".join(stage)] = final
         log.info("after %s: %s", "+".join(stage), " ".join(f"{t}={s:.1f}" for t, s in zip(cfg.tasks, R[-1])))
-    result = matrix_report(list(cfg.tasks), R, cfg.seq_train_type in MULTI_TYPES)
+    result = matrix_report(list(cfg.tasks), R, cfg.seq_train_type in MULTI_TYPES, ["+".join(s) for s in stages])
     result["metrics"] = all_metrics
     result["by_epoch"] = by_epoch
     result["test_settings"] = test_settings(cfg)
@@ -216,13 +219,20 @@ def _evaluate_stages(cfg: TrainConfig, rdir: str, device: torch.device, quiet: b
     return result
 
 
-def matrix_report(tasks: List[str], R: List[List[float]], multitask: bool = False) -> Dict[str, object]:
-    """Summary numbers of an accuracy matrix (one row per trained stage)."""
+def matrix_report(tasks: List[str], R: List[List[float]], multitask: bool = False,
+                  stages: Optional[List[str]] = None) -> Dict[str, object]:
+    """Summary numbers of an accuracy matrix (one row per trained stage; ``stages`` names the
+    rows, the tasks themselves when None). Backward transfer, forgetting and forward transfer
+    need row i to be the model after task i, so they are left out when the stages are not the
+    tasks (multitask, ``--unbound`` chunks)."""
     out: Dict[str, object] = {"tasks": tasks, "matrix": R}
+    if stages is not None:
+        out["stages"] = list(stages[: len(R)])
     if not R:
         return out
     out["average"] = float(sum(R[-1]) / len(R[-1]))
-    if not multitask and len(R) == len(tasks) and len(tasks) > 1:
+    rows_are_tasks = stages is None or list(stages) == list(tasks)
+    if not multitask and rows_are_tasks and len(R) == len(tasks) and len(tasks) > 1:
         out["backward_transfer"] = backward_transfer(R)
         out["forgetting"] = forgetting(R)
         out["forward_transfer"] = forward_transfer(R)
@@ -235,8 +245,12 @@ def format_matrix(result: Dict[str, object], title: str = "") -> str:
     w = max(10, *(len(t) for t in tasks))
     lines = [title] if title else []
     lines.append("after".ljust(14) + "".join(t.rjust(w + 1) for t in tasks) + "avg".rjust(8))
+    names = result.get("stages")
     for i, row in enumerate(R):
-        label = tasks[i] if i < len(tasks) and len(R) == len(tasks) else "all"
+        if names and i < len(names):  # the stage trained last before this row's test
+            label = "all" if "+" in names[i] else names[i]  # a multitask stage holds every task
+        else:
+            label = tasks[i] if i < len(tasks) and len(R) == len(tasks) else "all"
         lines.append(label.ljust(14) + "".join(f"{v:{w + 1}.1f}" for v in row) + f"{sum(row) / len(row):8.1f}")
     extra = [f"{k}={result[k]:.1f}" for k in ("average", "backward_transfer", "forgetting") if k in result]
     if extra:

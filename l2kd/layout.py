@@ -7,12 +7,18 @@ own records. A run folder ``X`` holds ``log_train.txt``, ``log_test.txt``, the r
 state dict per epoch), ``model-finish``, ``config.json`` + weights + tokenizer files (a plain
 ``save_pretrained`` folder), ``l2kd_task.json``, and while the task trains its resume state
 ``checkpoint.pt``.
+
+With ``--unbound K`` the stages are not the tasks but the chunks of their concatenated
+training data, ``task_0, task_1, ...`` (:func:`plan_stages`), each with a folder of its own in
+the run folder (named, as the run folder itself, after the original tasks).
 """
 from __future__ import annotations
 
 import os
 import re
 from typing import List, Sequence
+
+from l2kd.data.unbound import chunk_names, n_chunks
 
 MODEL_FINISH = "model-finish"  # the original's final state dict of a task
 TASK_RECORD = "l2kd_task.json"  # summary of a finished task (written just before model-finish)
@@ -60,6 +66,22 @@ def task_dir(run_directory: str, seq_train_type: str, task: str) -> str:
 def stages(seq_train_type: str, tasks: Sequence[str]) -> List[List[str]]:
     """The training stages: one per task, or a single stage of all tasks for multitask/multilm."""
     return [list(tasks)] if seq_train_type in MULTI_TYPES else [[t] for t in tasks]
+
+
+def plan_stages(cfg, n_train: int = 0) -> List[List[str]]:
+    """The stages a run trains, in order, each the list of names it trains under (the names of
+    its generation tokens and, first name, of its folder: :func:`task_dir`).
+
+    That is :func:`stages` of the tasks, except with ``--unbound K``: one stage per chunk of
+    the ``n_train`` concatenated training questions (``ceil(n / ceil(n / K))`` of them), named
+    ``task_0, task_1, ...`` as the original. ``n_train`` is only read with ``--unbound``.
+    """
+    if cfg.unbound and cfg.seq_train_type not in MULTI_TYPES:
+        if n_train < 1:
+            raise ValueError(f"--unbound {cfg.unbound}: the tasks {' '.join(cfg.tasks)} have no training "
+                             "examples to cut into chunks")
+        return [[name] for name in chunk_names(n_chunks(n_train, cfg.unbound))]
+    return stages(cfg.seq_train_type, cfg.tasks)
 
 
 def is_finished(tdir: str) -> bool:

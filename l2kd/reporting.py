@@ -20,7 +20,8 @@ Strategy names: ``config.seq_train_type``, plus ``+word_kd`` for ``--distil`` an
 for ``--seq_distil``. Without ``l2kd_run.json`` the type and seed are read from the run
 folder's name (the original's layout, :func:`l2kd.settings.run_dir`), distillation unknown.
 Multitask/multilm runs have one matrix row: no backward transfer, forgetting or forward
-transfer (shown as ``-``).
+transfer (shown as ``-``); nor have ``--unbound`` runs, whose rows are the chunks ``task_0, ...``
+(named by the matrix file's ``stages``), not the tasks.
 
 Plots use matplotlib's Agg canvas directly (no pyplot, the global backend is left alone), so
 they work headless. Each figure has a fixed size in pixels (:func:`matrix_figsize`,
@@ -69,6 +70,7 @@ class RunRecord:
     forward_transfer: Optional[float] = None
     config: Optional[dict] = None  # l2kd_run.json "config", when present
     metrics: dict = field(default_factory=dict)  # accuracy_matrix.json "metrics"
+    stages: Optional[List[str]] = None  # the rows' stage names (accuracy_matrix.json "stages"), when recorded
 
     def summary(self) -> Dict[str, Optional[float]]:
         return {k: getattr(self, k) for k in SUMMARY_KEYS}
@@ -80,6 +82,8 @@ class RunRecord:
     def result_dict(self) -> Dict[str, object]:
         """The shape :func:`l2kd.evaluate.format_matrix` reads."""
         out: Dict[str, object] = {"tasks": self.tasks, "matrix": self.matrix}
+        if self.stages:
+            out["stages"] = self.stages
         out.update({k: v for k, v in self.summary().items() if v is not None})
         return out
 
@@ -152,8 +156,13 @@ def load_run(run_dir: str) -> RunRecord:
             raise ReportError(f"{mpath} is malformed: matrix row {i} must hold {len(tasks)} finite numbers "
                               f"(one per task), got {row!r}; {hint}")
         matrix.append(vals)
-    if len(matrix) > len(tasks):
+    stages = data.get("stages")
+    if stages is not None and not (isinstance(stages, list) and all(isinstance(n, str) for n in stages)
+                                   and len(stages) == len(matrix)):
+        raise ReportError(f"{mpath} is malformed: 'stages' must name each of the {len(matrix)} matrix rows; {hint}")
+    if len(matrix) > len(tasks) and stages is None:  # more rows than tasks only as --unbound chunks
         raise ReportError(f"{mpath} is malformed: {len(matrix)} matrix rows for {len(tasks)} tasks; {hint}")
+    rows_are_tasks = stages is None or stages == list(tasks[: len(stages)])
 
     config = None
     rpath = os.path.join(run_dir, "l2kd_run.json")
@@ -170,14 +179,16 @@ def load_run(run_dir: str) -> RunRecord:
         kind, seed = _from_layout(run_dir)
         strategy = kind or "?"
         kind = kind or ""
-    multitask = kind in MULTI_TYPES or (len(matrix) == 1 and len(tasks) > 1)
+    one_stage_of_all = stages is None or "+" in stages[0]  # not a single --unbound chunk
+    multitask = kind in MULTI_TYPES or (len(matrix) == 1 and len(tasks) > 1 and one_stage_of_all)
     rec = RunRecord(run_dir=run_dir, tasks=list(tasks), matrix=matrix, strategy=strategy, seed=seed,
                     multitask=multitask, config=config,
-                    metrics=data.get("metrics") if isinstance(data.get("metrics"), dict) else {})
+                    metrics=data.get("metrics") if isinstance(data.get("metrics"), dict) else {},
+                    stages=list(stages) if stages is not None else None)
     rec.average = _number(data.get("average"))
     if rec.average is None:
         rec.average = sum(matrix[-1]) / len(matrix[-1])
-    complete = not multitask and len(matrix) == len(tasks) and len(tasks) > 1
+    complete = not multitask and rows_are_tasks and len(matrix) == len(tasks) and len(tasks) > 1
     for k in ("backward_transfer", "forgetting", "forward_transfer"):
         setattr(rec, k, _number(data.get(k)) if complete else None)
     if complete and any(getattr(rec, k) is None for k in ("backward_transfer", "forgetting", "forward_transfer")):
@@ -206,7 +217,9 @@ def _mean_std(values: Sequence[Optional[float]]) -> Dict[str, Optional[float]]:
 def _config_key(config: Optional[dict]) -> Dict[str, str]:
     if not config:
         return {}
-    return {k: json.dumps(v, sort_keys=True) for k, v in config.items() if k not in RUNTIME_KEYS and k != "tasks"}
+    # --unbound off is what a run recorded before the flag existed meant: the same method
+    return {k: json.dumps(v, sort_keys=True) for k, v in config.items()
+            if k not in RUNTIME_KEYS and k != "tasks" and not (k == "unbound" and not v)}
 
 
 def _plain(value: str) -> str:
@@ -298,6 +311,8 @@ def format_markdown(rows: Sequence[Dict[str, object]]) -> str:
 # ----------------------------------------------------------------------------- plots
 
 def _row_labels(record: RunRecord) -> List[str]:
+    if record.stages and not record.multitask:  # e.g. the --unbound chunks task_0, task_1, ...
+        return [f"after {s}" for s in record.stages]
     if record.multitask or len(record.matrix) == 1 and len(record.tasks) > 1:
         return ["all tasks"]
     return [f"after {t}" for t in record.tasks[: len(record.matrix)]]

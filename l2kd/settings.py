@@ -142,10 +142,6 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
         problems.append(root_error)
     if args.n_gpus < 1:
         problems.append(f"--n_gpus: must be >= 1 (got {args.n_gpus})")
-    if args.unbound:
-        problems.append(f"--unbound {args.unbound}: the boundary-free setting (every task's training data "
-                        "concatenated and cut into chunks trained as task_0, task_1, ...) is not supported by l2kd "
-                        "yet; drop the flag")
     if problems:
         parser.error("; ".join(problems))
     return args
@@ -186,7 +182,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         torch_adamw=args.torch_adamw, debug=args.debug,
         logging_steps=1 if args.debug else args.logging_steps, round_robin=args.round_robin,
         upsample_data=upsample_rates(args.upsample_data), multitask_specific=args.multitask_specific,
-        extra_e2e=args.extra_e2e,
+        extra_e2e=args.extra_e2e, unbound=args.unbound,
     )
 
 

@@ -1,5 +1,6 @@
 """The original's ``--n_gpus`` (l2kd launches its own data-parallel ranks), and the flags that
-change nothing here and say so (``--lr_schedule``, ``--n_workers``) or are refused (``--unbound``)."""
+change nothing here and say so (``--lr_schedule``, ``--n_workers``); ``--unbound`` is tested in
+test_unbound.py."""
 from __future__ import annotations
 
 import logging
@@ -14,12 +15,6 @@ from l2kd.settings import flag_notes, parse_args
 
 def _base(tmp_path, *extra):
     return ["--data_dir", str(tmp_path), "--model_dir_root", str(tmp_path), *extra]
-
-
-def test_unbound_is_refused_not_ignored(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        parse_args(_base(tmp_path, "--unbound", "3"))
-    assert "--unbound 3: the boundary-free setting" in capsys.readouterr().err
 
 
 def test_lr_schedule_and_n_workers_say_they_change_nothing(tmp_path):

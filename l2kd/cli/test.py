@@ -1,8 +1,9 @@
 """``python -m l2kd.test``: an original test command line (the training flags).
 
-Tests every finished task model on every task of ``--tasks`` (the last epoch, or every
-epoch with ``--test_all``), writes ``qa_<task>_<epoch>.csv`` and ``metrics.json`` in each
-task folder and ``accuracy_matrix.json`` in the run folder, and prints the matrix.
+Tests every finished stage's model (a task's, or with ``--unbound`` a chunk's ``task_<i>``) on
+every task of ``--tasks`` (the last epoch, or every epoch with ``--test_all``), writes
+``qa_<task>_<epoch>.csv`` and ``metrics.json`` in each stage folder and ``accuracy_matrix.json``
+in the run folder, and prints the matrix (one row per stage).
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from l2kd.config import ConfigError, TrainConfig
 from l2kd.data.qa_format import Encoded
 from l2kd.data.squad import load_squad_file
 from l2kd.distillation import user_distil_file
-from l2kd.layout import MODEL_FINISH, stages, task_dir
+from l2kd.layout import MODEL_FINISH, task_dir
 from l2kd.tokenizer import ANS, EOS, PAD, SEP, UNK, SpecialIds, gen_token_for
 
 log = logging.getLogger("l2kd")
@@ -38,11 +38,17 @@ def preflight_distil(cfg: TrainConfig) -> Dict[str, str]:
     return found
 
 
-def check_skip_tasks(cfg: TrainConfig, rdir: str) -> None:
-    """``--skip_tasks`` loads the skipped tasks' ``model-finish`` instead of training them: each
-    must exist (else :class:`ConfigError` naming the file)."""
+def check_skip_tasks(cfg: TrainConfig, rdir: str, plan: Sequence[Sequence[str]]) -> None:
+    """``--skip_tasks`` loads the skipped stages' ``model-finish`` instead of training them (the
+    stages of ``plan``, :func:`l2kd.layout.plan_stages`): each must exist (else
+    :class:`ConfigError` naming the file), and under ``--unbound`` each skipped chunk must be
+    one of the run's."""
+    names = [t for stage in plan for t in stage]
+    beyond = [t for t in cfg.skip_tasks if t not in names]
+    if beyond:  # only possible under --unbound: fewer chunks than K
+        raise ConfigError(f"--skip_tasks: {', '.join(beyond)} not a stage of this run (its stages: {' '.join(names)})")
     missing = []
-    for stage in stages(cfg.seq_train_type, cfg.tasks):
+    for stage in plan:
         if cfg.skip_tasks and set(stage) <= set(cfg.skip_tasks):
             path = os.path.join(task_dir(rdir, cfg.seq_train_type, stage[0]), MODEL_FINISH)
             if not os.path.isfile(path):
@@ -101,6 +107,9 @@ def config_warnings(cfg: TrainConfig) -> List[str]:
     if not replaying and cfg.gen_lm_sample_percentage != default_pct:
         out.append(f"--gen_lm_sample_percentage {cfg.gen_lm_sample_percentage} has no effect with --seq_train_type "
                    f"{cfg.seq_train_type} (it replays nothing; lll replays pseudo-samples, gem keeps memories)")
+    if cfg.unbound and cfg.dynamic_epochs:
+        out.append(f"--dynamic_epochs has no effect with --unbound {cfg.unbound}: every chunk trains "
+                   f"--n_train_epochs {cfg.n_train_epochs} epochs (the original skips the dynamic epochs there too)")
     if cfg.real_sample and cfg.distil:
         out.append("--real_sample with --distil: the replayed real examples of earlier tasks are learnt from their "
                    "gold answers (cross-entropy); only the current task is distilled from its teacher")

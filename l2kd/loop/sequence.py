@@ -5,7 +5,9 @@ under another configuration, then walks the stages: a finished stage is loaded (
 strategy and random state it left), an unfinished one is trained by
 :func:`l2kd.loop.task.train_task`. Teachers that L2KD needs are trained by calling
 ``train_sequence`` again on the teacher's own configuration and run folder; strategies get
-that function through their :class:`~l2kd.strategies.TaskContext`.
+that function through their :class:`~l2kd.strategies.TaskContext`. With ``--unbound K`` the
+stages are the chunks of the tasks' concatenated training data (:mod:`l2kd.data.unbound`),
+planned by :func:`l2kd.layout.plan_stages`.
 """
 from __future__ import annotations
 
@@ -27,11 +29,12 @@ from l2kd.config import ConfigError, TrainConfig, check_paths
 from l2kd.data.loading import load_task_paragraphs
 from l2kd.data.multitask import arrange_stage, embedding_rows, task_specific_gen
 from l2kd.data.qa_format import Encoded
-from l2kd.data.squad import load_answers_file, load_squad_file
+from l2kd.data.squad import QAExample, load_answers_file, load_squad_file
 from l2kd.data.tasks import answers_path, get_task, task_file
+from l2kd.data.unbound import chunk_bounds, chunk_paragraphs, chunk_record, concatenated_training_data
 from l2kd.io_utils import atomic_write_json, remove_stale_temps
-from l2kd.layout import (CHECKPOINT, LOCK, RUN_RECORD, TASK_RECORD, TRAIN_LOG, is_finished, run_dir_of, stages,
-                         task_dir, writable_root_error)
+from l2kd.layout import (CHECKPOINT, LOCK, RUN_RECORD, TASK_RECORD, TRAIN_LOG, is_finished, plan_stages,
+                         run_dir_of, task_dir, writable_root_error)
 from l2kd.loop.checks import (check_encoded, check_skip_tasks, check_special_ids, check_tokenizer,
                               log_config_warnings, preflight_distil)
 from l2kd.loop.failures import check_finished_files, report_fatal, set_aside_checkpoint
@@ -86,14 +89,20 @@ def _locked_run(cfg: TrainConfig, strategy: Strategy, rdir: str, device: torch.d
         remove_stale_temps(rdir)  # half-written files of a killed earlier run
     log_config_warnings(cfg, warnings)
     identity = learning_config(cfg)
-    problem = _check_identity(cfg, rdir, identity) if main else None
+    # --unbound: the stages (and so the folders to check) depend on how many questions there are
+    pool = concatenated_training_data(cfg.data_dir, cfg.tasks, cfg.max_train_examples) if cfg.unbound else []
+    plan = plan_stages(cfg, len(pool))
+    problem = _check_identity(cfg, rdir, identity, plan) if main else None
     problem = dist.broadcast(problem)
     if problem:
         raise IdentityMismatch(problem)
     sizes = preflight(cfg)
-    check_skip_tasks(cfg, rdir)
+    check_skip_tasks(cfg, rdir, plan)
     log.info("run dir %s | device %s | strategy %s", rdir, device, strategy.name)
-    return _run(cfg, strategy, rdir, device, identity, max(sizes.values()))
+    if cfg.unbound:
+        log.info("--unbound %d: %d questions of %s cut into %d chunks (%s)", cfg.unbound, len(pool),
+                 " ".join(cfg.tasks), len(plan), " ".join(s[0] for s in plan))
+    return _run(cfg, strategy, rdir, device, identity, max(sizes.values()), plan, pool)
 
 
 def preflight(cfg: TrainConfig) -> Dict[str, int]:
@@ -113,7 +122,7 @@ def preflight(cfg: TrainConfig) -> Dict[str, int]:
 
 
 def _run(cfg: TrainConfig, strategy: Strategy, rdir: str, device: torch.device, identity: Dict[str, object],
-         max_size: int) -> Dict[str, object]:
+         max_size: int, plan: List[List[str]], pool: Sequence[QAExample]) -> Dict[str, object]:
     seed_everything(cfg.seed)
     tok = load_base_tokenizer(cfg.model_name)
     model = load_base_model(cfg.model_name, cfg.seed).to(device)
@@ -127,7 +136,8 @@ def _run(cfg: TrainConfig, strategy: Strategy, rdir: str, device: torch.device, 
     prev_examples: Dict[str, List[Encoded]] = {}
     prev_dir: Optional[str] = None
     seen: List[str] = []
-    for index, stage in enumerate(stages(cfg.seq_train_type, cfg.tasks)):
+    bounds = chunk_bounds(len(pool), cfg.unbound) if cfg.unbound else []
+    for index, stage in enumerate(plan):
         seen += stage
         tdir = task_dir(rdir, cfg.seq_train_type, stage[0])
         ids = add_special_tokens(tok, seen, cfg.add_task_tokens, cfg.use_sep)
@@ -138,14 +148,18 @@ def _run(cfg: TrainConfig, strategy: Strategy, rdir: str, device: torch.device, 
                           prev_train_examples=dict(prev_examples), max_len=max_len, device=device,
                           generator=generator, rng=rng, logger=log, train_teacher=_train_teacher)
         name = "+".join(stage)
+        chunk = list(pool[bounds[index][0]:bounds[index][1]]) if cfg.unbound else None
         skipped = bool(cfg.skip_tasks) and set(stage) <= set(cfg.skip_tasks)
         if _restorable(tdir, name, skipped):
-            ctx.train_examples = _examples(cfg, stage, tok, ids, max_len, rng)
+            ctx.train_examples = _examples(cfg, stage, tok, ids, max_len, rng, chunk=chunk)
             check_encoded(ctx.train_examples, name, cfg.model_name, len(tok))
             summary["tasks"][name] = _restore_finished(model, strategy, ctx)
         else:
             sources = [strategy.training_data(ctx, t) for t in stage]
-            ctx.train_examples = _examples(cfg, stage, tok, ids, max_len, rng, sources)
+            if chunk is not None:
+                _no_other_source(strategy, name, sources)
+                ctx.stats["unbound"] = chunk_record(chunk, index, bounds[index][0])
+            ctx.train_examples = _examples(cfg, stage, tok, ids, max_len, rng, sources, chunk)
             check_encoded(ctx.train_examples, name, cfg.model_name, len(tok), ", ".join(s for s in sources if s))
             summary["tasks"][name] = train_task(model, tok, ctx, strategy, precision, max_size, identity)
         for t in stage:
@@ -171,10 +185,24 @@ def _train_teacher(tcfg: TrainConfig) -> str:
     return train_sequence(tcfg)["run_dir"]
 
 
+def _no_other_source(strategy: Strategy, name: str, sources: Sequence[Optional[str]]) -> None:
+    """Under ``--unbound`` a chunk trains on its share of the tasks' training data: a strategy
+    that asks for a file of its own cannot run there."""
+    wanted = [s for s in sources if s]
+    if wanted:
+        raise ConfigError(f"--unbound: strategy {strategy.name} trains {name} on {', '.join(wanted)}, but a chunk "
+                          "trains on its share of the tasks' concatenated training data; drop --unbound")
+
+
 def _examples(cfg: TrainConfig, stage: List[str], tok, ids, max_len: int, rng: np.random.Generator,
-              sources: Optional[List[Optional[str]]] = None) -> List[Encoded]:
-    """The stage's training examples, each task from its own split or from ``sources``, arranged
-    as the original's ``--upsample_data`` / ``--round_robin`` / ``--multitask_specific`` / ``--debug``."""
+              sources: Optional[List[Optional[str]]] = None, chunk: Optional[Sequence[QAExample]] = None
+              ) -> List[Encoded]:
+    """The stage's training examples, each task from its own split or from ``sources`` (or, under
+    ``--unbound``, the stage's ``chunk``, one data set), arranged as the original's
+    ``--upsample_data`` / ``--round_robin`` / ``--multitask_specific`` / ``--debug``."""
+    if chunk is not None:
+        per_task = [chunk_paragraphs(chunk, stage[0], tok, ids, max_len)]
+        return arrange_stage(per_task, rng, cfg.upsample_data, cfg.round_robin, cfg.debug)
     per_task = [load_task_paragraphs(cfg.data_dir, t, "train", tok, ids, max_len, cfg.max_train_examples, src)
                 for t, src in zip(stage, sources or [None] * len(stage))]
     if cfg.multitask_specific:
@@ -197,12 +225,14 @@ def _restore_finished(model, strategy: Strategy, ctx: TaskContext) -> Dict[str, 
         return json.load(f)
 
 
-def _check_identity(cfg: TrainConfig, rdir: str, identity: Dict[str, object]) -> Optional[str]:
-    """None when every finished task and checkpoint of the run folder was learnt under
-    ``identity`` (or records none); else the refusal, unless ``discard_stale`` moved them aside."""
+def _check_identity(cfg: TrainConfig, rdir: str, identity: Dict[str, object], plan: List[List[str]]
+                    ) -> Optional[str]:
+    """None when every finished stage and checkpoint of the run folder (the stages of ``plan``)
+    was learnt under ``identity`` (or records none); else the refusal, unless ``discard_stale``
+    moved them aside."""
     stale: Dict[str, List[str]] = {}
     dirs = []
-    for stage in stages(cfg.seq_train_type, cfg.tasks):
+    for stage in plan:
         tdir = task_dir(rdir, cfg.seq_train_type, stage[0])
         found = []
         if is_finished(tdir) and not check_finished_files(tdir, "+".join(stage)):

@@ -39,8 +39,10 @@ MAX_BAD_STEPS = 5  # consecutive non-finite losses before a run stops
 
 def n_epochs_for(cfg: TrainConfig, size: int, max_size: int) -> int:
     """``--dynamic_epochs``: ``min(max_n_epochs, max_size * n_train_epochs // size)``, where
-    ``max_size`` is the largest training set of the whole sequence (as the original)."""
-    if cfg.dynamic_epochs and size:
+    ``max_size`` is the largest training set of the whole sequence (as the original). Under
+    ``--unbound`` every chunk trains ``n_train_epochs``: the original's settings skip the
+    dynamic epochs there (a start-up warning says so)."""
+    if cfg.dynamic_epochs and size and not cfg.unbound:
         return max(1, min(cfg.max_n_epochs, max_size * cfg.n_train_epochs // size))
     return cfg.n_train_epochs
 
