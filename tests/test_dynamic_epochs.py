@@ -2,6 +2,8 @@
 n_train_epochs // size)`` epochs, where ``max_size`` is the largest training set of the sequence."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from l2kd.config import TrainConfig
@@ -38,3 +40,17 @@ def test_the_loop_passes_the_largest_task_of_the_sequence(tmp_path, data_dir, mo
     monkeypatch.setattr(sequence, "train_task", fake_train_task)
     sequence.train_sequence(cfg)
     assert seen == [("woz.en", 300, 1500), ("rnnlg.rest", 1500, 1500)]  # woz then trains 1500 * 9 // 300 -> 9
+
+
+@pytest.mark.parametrize("kind", ["multitask", "multilm"])
+def test_joint_types_ignore_dynamic_epochs_as_the_original(tmp_path, kind):
+    """The original sets ``n_train_epochs = {joined tasks: n}`` for multitask / multilm before
+    it looks at ``--dynamic_epochs``: the joint stage trains ``n`` epochs whatever the sizes."""
+    from l2kd.loop.checks import config_warnings
+
+    cfg = TrainConfig(tasks=("rnnlg.rest", "rnnlg.hotel"), data_dir=str(tmp_path), model_dir_root=str(tmp_path),
+                      seq_train_type=kind, dynamic_epochs=True, n_train_epochs=9, max_n_epochs=9)
+    assert n_epochs_for(cfg, 6000, 3000) == 9  # the joint stage is the largest: dynamic would give 4
+    assert n_epochs_for(dataclasses.replace(cfg, seq_train_type="lll"), 300, 3000) == 9
+    assert n_epochs_for(dataclasses.replace(cfg, seq_train_type="lll", n_train_epochs=2), 1000, 3000) == 6
+    assert any("--dynamic_epochs has no effect" in w and kind in w for w in config_warnings(cfg))

@@ -110,6 +110,9 @@ def config_warnings(cfg: TrainConfig) -> List[str]:
     if cfg.unbound and cfg.dynamic_epochs:
         out.append(f"--dynamic_epochs has no effect with --unbound {cfg.unbound}: every chunk trains "
                    f"--n_train_epochs {cfg.n_train_epochs} epochs (the original skips the dynamic epochs there too)")
+    if cfg.seq_train_type in ("multitask", "multilm") and cfg.dynamic_epochs:
+        out.append(f"--dynamic_epochs has no effect with --seq_train_type {cfg.seq_train_type}: the joint stage trains "
+                   f"--n_train_epochs {cfg.n_train_epochs} epochs (as the original)")
     if cfg.real_sample and cfg.distil:
         out.append("--real_sample with --distil: the replayed real examples of earlier tasks are learnt from their "
                    "gold answers (cross-entropy); only the current task is distilled from its teacher")

@@ -23,7 +23,7 @@ from l2kd.config import TrainConfig
 from l2kd.data.multitask import embedding_rows, shuffles_batches
 from l2kd.data.qa_format import Encoded, collate
 from l2kd.io_utils import atomic_torch_save
-from l2kd.layout import CHECKPOINT
+from l2kd.layout import CHECKPOINT, MULTI_TYPES
 from l2kd.losses import LOSS_PARTS, loss_denominators, token_weights
 from l2kd.optim import make_optimizer
 from l2kd.rng import capture_rng, restore_rng
@@ -40,9 +40,10 @@ MAX_BAD_STEPS = 5  # consecutive non-finite losses before a run stops
 def n_epochs_for(cfg: TrainConfig, size: int, max_size: int) -> int:
     """``--dynamic_epochs``: ``min(max_n_epochs, max_size * n_train_epochs // size)``, where
     ``max_size`` is the largest training set of the whole sequence (as the original). Under
-    ``--unbound`` every chunk trains ``n_train_epochs``: the original's settings skip the
-    dynamic epochs there (a start-up warning says so)."""
-    if cfg.dynamic_epochs and size and not cfg.unbound:
+    ``--unbound`` every chunk, and with multitask / multilm the one joint stage, trains
+    ``n_train_epochs``: the original's settings skip the dynamic epochs there (a start-up
+    warning says so)."""
+    if cfg.dynamic_epochs and size and not cfg.unbound and cfg.seq_train_type not in MULTI_TYPES:
         return max(1, min(cfg.max_n_epochs, max_size * cfg.n_train_epochs // size))
     return cfg.n_train_epochs
 
