@@ -114,4 +114,11 @@ def model_from_task_dir(tdir: str) -> PreTrainedModel:
     path = os.path.join(tdir, "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: missing (was this task trained?)")
+    with open(path, encoding="utf-8") as f:
+        raw = json.load(f)
+    if "model_type" not in raw:  # a task folder of the original code (pytorch-transformers 1.x)
+        config = legacy_gpt2_config(raw)
+        if config is None:
+            raise ValueError(f"{path}: no \"model_type\" and not a GPT-2 configuration (no n_embd/n_layer/n_head)")
+        return GPT2LMHeadModel(config)
     return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tdir))

@@ -129,3 +129,22 @@ def test_current_transformers_folder_still_loads(tmp_path):
     src.save_pretrained(tmp_path / "new")
     dst = load_base_model(str(tmp_path / "new"), 0)
     assert torch.equal(dst.transformer.h[0].mlp.c_fc.weight, src.transformer.h[0].mlp.c_fc.weight)
+
+
+def test_original_task_folder_loads_as_teacher(tmp_path):
+    """A task folder the original trained (``config.json`` without model_type + ``model-finish``)
+    is what ``--teacher_dir`` points at; it must load with its weights."""
+    from l2kd.checkpoint import load_task_model
+    from l2kd.model import model_from_task_dir
+
+    d = tmp_path / "rnnlg.rest"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(LEGACY_CONFIG, indent=2, sort_keys=True) + "\n")
+    state = legacy_state_dict(seed=3)
+    torch.save(state, d / "model-finish")
+    model = model_from_task_dir(str(d))
+    load_task_model(model, str(d))
+    assert torch.equal(model.transformer.h[1].mlp.c_fc.weight, state["transformer.h.1.mlp.c_fc.weight"])
+    (d / "config.json").write_text(json.dumps({"afn": "gelu", "n_embd": 8}) + "\n")
+    with pytest.raises(ValueError, match="not a GPT-2 configuration"):
+        model_from_task_dir(str(d))
