@@ -92,6 +92,10 @@ def load_model_dir(path: str) -> PreTrainedModel:
     if missing:
         raise ValueError(f"--model_name {path}: {weights[0]} lacks weights of the configured model "
                          f"({len(missing)} missing, e.g. {sorted(missing)[:3]}): a different architecture?")
+    if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
+        # transformers 5 keeps a file's fp16 (the shipped pretrained base); l2kd trains fp32 master
+        # weights (autocast does the low precision), so a half-precision file is widened here
+        model = model.float()
     return model
 
 

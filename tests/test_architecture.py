@@ -93,7 +93,7 @@ def test_cycle_finder_finds_a_planted_cycle():
     assert find_cycle({"a": {"b"}, "b": set()}) == []
 
 
-ENTRY_POINTS = {"l2kd", "l2kd.train", "l2kd.test", "l2kd.report", "l2kd.demo"}
+ENTRY_POINTS = {"l2kd", "l2kd.train", "l2kd.test", "l2kd.report", "l2kd.demo", "l2kd.pretrain"}
 
 
 def _in(mod: str, layer: str) -> bool:
@@ -106,6 +106,8 @@ def _in(mod: str, layer: str) -> bool:
     ("l2kd.checkpoint", "l2kd.loop"), ("l2kd.runtime", "l2kd.loop"), ("l2kd.layout", "l2kd.loop"),
     ("l2kd.data", "l2kd.loop"), ("l2kd.ops", "l2kd.strategies"), ("l2kd.loop", "l2kd.cli"),
     ("l2kd.strategies", "l2kd.cli"), ("l2kd.evaluate", "l2kd.cli"),
+    ("l2kd.diagnostics", "l2kd.strategies"), ("l2kd.diagnostics", "l2kd.loop"), ("l2kd.diagnostics", "l2kd.cli"),
+    ("l2kd.pretraining", "l2kd.loop"), ("l2kd.pretraining", "l2kd.strategies"), ("l2kd.pretraining", "l2kd.cli"),
 ])
 def test_layers_do_not_import_upwards(lower, higher):
     graph = import_graph()

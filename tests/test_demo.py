@@ -21,7 +21,23 @@ def test_demo_configs_per_strategy(tmp_path):
     assert kd.distil and kd.seq_distil and kd.temperature_kd == 1.5
     assert kd.model_dir_root == os.path.join(str(tmp_path), "lll+seqkd_soft")  # apart from plain lll
     shared = demo.build_parser().parse_args(["--out", str(tmp_path), "--teacher_root", "/teachers"])
-    assert demo.demo_config("lll+word_kd", shared).teacher_root == "/teachers"
+    kd = demo.demo_config("lll+word_kd", shared)
+    assert kd.teacher_root == "/teachers" and kd.distil and not kd.seq_distil
+    assert kd.model_dir_root == os.path.join(str(tmp_path), "lll+word_kd")  # Word-KD is in the default set
+    assert "lll+word_kd" in demo.CORE and kd.model_name == "tiny-gpt2"  # until main() resolves --base
+
+
+def test_demo_base_is_the_verified_shipped_pretrained_model(tmp_path):
+    from l2kd.pretraining import SHIPPED_BASE
+
+    args = demo.build_parser().parse_args(["--out", str(tmp_path), "--quiet"])
+    if not os.path.isdir(SHIPPED_BASE):
+        pytest.skip("no shipped base in this checkout (main() would build it into the cache)")
+    demo.resolve_base(args)
+    assert args.model_name == SHIPPED_BASE and demo.demo_config("lll", args).model_name == SHIPPED_BASE
+    rand = demo.build_parser().parse_args(["--base", "random"])
+    demo.resolve_base(rand)
+    assert rand.model_name == "tiny-gpt2"
 
 
 @pytest.mark.slow
@@ -36,11 +52,13 @@ def test_miniature_demo_prints_the_tables(tmp_path, capsys):
     finally:
         torch.set_num_threads(threads)  # main() sets the thread count for the whole process
     text = capsys.readouterr().out
-    assert "untrained tiny GPT-2" in text and "final scores (after the last task)" in text
-    assert "== finetune: trained in" in text and "== lll: trained in" in text
+    assert "untrained (pretrained base)" in text and "final scores (after the last task)" in text
+    assert "== finetune: trained in" in text and "== lll: trained in" in text and "== lll+word_kd: trained" in text
     assert "pseudo-samples generated" in text  # LAMOL's replay before the second task is shown
+    assert "teacher of rnnlg.tv: score" in text  # Word-KD's teacher diagnostics are shown
     summary = json.loads((out / "demo_summary.json").read_text())
-    assert set(summary["strategies"]) == {"finetune", "lll"}
+    assert set(summary["strategies"]) == {"finetune", "lll", "lll+word_kd"}
+    assert set(summary["strategies"]["lll+word_kd"]["teacher_diagnostics"]) == {"rnnlg.rest", "rnnlg.tv"}
     lll = summary["strategies"]["lll"]
     assert len(lll["matrix"]) == 2 and lll["replay"]["rnnlg.tv"]["generated"] == 4  # ceil(0.2 * 16)
     for run in summary["strategies"].values():

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from l2kd.cli import study
+from l2kd.diagnostics import DIAGNOSTICS
 from l2kd.layout import TASK_RECORD, run_dir_of, task_dir
 
 
@@ -43,8 +44,8 @@ def test_teacher_diagnostics_read_from_task_records(tmp_path):
     first = task_dir(run_dir_of(cfg), cfg.seq_train_type, cfg.tasks[0])
     os.makedirs(first)
     with open(os.path.join(first, TASK_RECORD), "w") as f:
-        json.dump({"teacher": {"score": 12.5, "entropy": 3.0}}, f)
-    assert study.teacher_diagnostics(cfg) == {cfg.tasks[0]: {"score": 12.5, "entropy": 3.0}}
+        json.dump({"teacher": cfg.tasks[0], DIAGNOSTICS: {"teacher_score": 12.5}}, f)
+    assert study.teacher_diagnostics(cfg) == {cfg.tasks[0]: {"teacher_score": 12.5}}
 
 
 def test_wall_time_table_means_per_method():

@@ -1,11 +1,14 @@
 """Offline demo: a tiny GPT-2 learns three RNNLG domains one after another on CPU.
 
-``python -m l2kd.demo`` trains ``finetune`` and ``lll`` (LAMOL pseudo-sample replay) on the
-bundled data, tests every task model on every task, and prints the score matrices (mean of
-ROUGE-1/2/L F1, 0-100), the pseudo-samples LAMOL generated and parsed, and a summary table
-with the untrained model as a floor. The tiny model needs a learning rate suited to it
-(1e-3: the original's 6.25e-5 is tuned for pretrained GPT-2 and barely moves a random-init
-model in a few hundred steps); everything else is the library's normal path.
+``python -m l2kd.demo`` starts from the pretrained tiny GPT-2 base shipped with l2kd
+(:func:`l2kd.pretraining.ensure_base` verifies it, or builds it into the user's cache when it
+is missing; ``--base random`` is the random-init ``tiny-gpt2``), trains ``finetune``, ``lll``
+(LAMOL pseudo-sample replay) and ``lll+word_kd`` (LAMOL with Word-KD from single-task teachers,
+trained automatically) on the bundled data, tests every task model on every task, and prints
+the score matrices (mean of ROUGE-1/2/L F1, 0-100), the pseudo-samples LAMOL generated and
+parsed, the teachers' diagnostics, and a summary table with the base model before any task as
+a floor. The tiny model needs a learning rate suited to it (1e-3: the original's 6.25e-5 is
+tuned for GPT-2's 124M parameters); everything else is the library's normal path.
 """
 from __future__ import annotations
 
@@ -23,16 +26,18 @@ from l2kd.data import bundled_data_dir
 from l2kd.data.loading import load_task_examples
 from l2kd.evaluate import evaluate_run, evaluate_task, format_matrix
 from l2kd.io_utils import atomic_write_json
+from l2kd.layout import model_tag
 from l2kd.loop import train_sequence
 from l2kd.metrics import task_score
 from l2kd.model import context_length, load_base_model, resize_for_tokenizer
 from l2kd.reporting import compare, format_comparison, load_run, plot_matrix, plot_task_curves
 from l2kd.tokenizer import add_special_tokens, load_base_tokenizer
 
-CORE = ["finetune", "lll"]
-# --full: the strategies added after the core issue; name -> (seq_train_type, extra config)
+CORE = ["finetune", "lll", "lll+word_kd"]
+# name -> (seq_train_type, extra config) of every strategy that is not a plain --seq_train_type
+VARIANTS = {"lll+word_kd": ("lll", {"distil": True})}
+# --full: the strategies added after the core issue
 FULL = {
-    "lll+word_kd": ("lll", {"distil": True}),
     "lll+seqkd_soft": ("lll", {"distil": True, "seq_distil": True}),
     "ewc": ("ewc", {}),
     "mas": ("mas", {}),
@@ -42,11 +47,12 @@ FULL = {
 
 def demo_config(strategy: str, args: argparse.Namespace, seed: Optional[int] = None) -> TrainConfig:
     """The demo's run configuration for one strategy (a CORE name or a FULL name)."""
-    seq_type, extra = FULL.get(strategy, (strategy, {}))
-    root = args.out if strategy in CORE or strategy == seq_type else os.path.join(args.out, strategy)
+    seq_type, extra = {**VARIANTS, **FULL}.get(strategy, (strategy, {}))
+    # a variant of lll has lll's run-folder name: it gets a root of its own
+    root = args.out if strategy == seq_type else os.path.join(args.out, strategy)
     pct = args.gem_pct if seq_type == "gem" else args.pct  # GEM's memory size, LAMOL's pseudo-sample share
     return TrainConfig(
-        tasks=tuple(args.tasks), data_dir=args.data_dir, model_dir_root=root, model_name="tiny-gpt2",
+        tasks=tuple(args.tasks), data_dir=args.data_dir, model_dir_root=root, model_name=args.model_name,
         seq_train_type=seq_type, seed=args.seeds[0] if seed is None else seed,
         teacher_root=args.teacher_root or args.out, **extra, temperature_kd=args.temperature_kd,
         learning_rate=args.lr, train_batch_size=args.batch, n_train_epochs=args.epochs,
@@ -70,6 +76,17 @@ def untrained_scores(cfg: TrainConfig) -> List[float]:
     return out
 
 
+def _show_teachers(summary: Dict[str, object]) -> None:
+    for name, info in summary["tasks"].items():
+        d = info.get("teacher_diagnostics")
+        if not d:
+            continue
+        s = d["soft_targets"]
+        print(f"  teacher of {name}: score {d['teacher_score']:.1f} (student before the task "
+              f"{d['student_score']:.1f}); soft targets at T={s['temperature']:g}: entropy {s['entropy']:.2f} nats "
+              f"({100 * s['entropy_fraction']:.0f}% of log V), top-1 {s['top1']:.3f}, gold token {s['gold_prob']:.3f}")
+
+
 def _show_pseudo(summary: Dict[str, object]) -> None:
     for name, info in summary["tasks"].items():
         rep = info.get("replay")
@@ -87,8 +104,10 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     t_start = time.time()
     floor_cfg = demo_config("finetune", args, args.seeds[0])
     floor = untrained_scores(floor_cfg)
-    print("\nuntrained tiny GPT-2: " + "  ".join(f"{t}={s:.1f}" for t, s in zip(args.tasks, floor)), flush=True)
-    results: Dict[str, object] = {"tasks": list(args.tasks), "untrained": floor, "strategies": {}}
+    print(f"\nuntrained ({args.base_label}): " + "  ".join(f"{t}={s:.1f}" for t, s in zip(args.tasks, floor)),
+          flush=True)
+    results: Dict[str, object] = {"tasks": list(args.tasks), "untrained": floor, "base": args.model_name,
+                                  "strategies": {}}
     runs = [(s, seed) for s in strategies for seed in args.seeds]
     for strategy, seed in runs:
         cfg = demo_config(strategy, args, seed)
@@ -101,10 +120,13 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         print(f"\n== {label}: trained in {t_train:.0f} s, tested in {elapsed - t_train:.0f} s ==")
         print(format_matrix(res, "score (avg ROUGE-1/2/L F1, 0-100) on each task (columns) after each task (rows)"))
         _show_pseudo(summary)
+        _show_teachers(summary)
         results["strategies"][label] = {
             "matrix": res["matrix"], "average": res.get("average"), "backward_transfer": res.get("backward_transfer"),
             "forgetting": res.get("forgetting"), "seconds": elapsed, "run_dir": summary["run_dir"],
             "replay": {k: v.get("replay") for k, v in summary["tasks"].items() if v.get("replay")},
+            "teacher_diagnostics": {k: v["teacher_diagnostics"] for k, v in summary["tasks"].items()
+                                    if v.get("teacher_diagnostics")},
             "config": dataclasses.asdict(cfg),
         }
         sys.stdout.flush()
@@ -145,6 +167,10 @@ def print_summary(results: Dict[str, object]) -> None:
         f_ft, f_lll = core["finetune"]["forgetting"], core["lll"]["forgetting"]
         verdict = "forgets less than" if f_lll < f_ft else "does NOT forget less than"
         print(f"\nlll {verdict} finetune at this scale (forgetting {f_lll:.1f} vs {f_ft:.1f} points)")
+    if "lll" in core and "lll+word_kd" in core:
+        a_lll, a_kd = core["lll"]["average"], core["lll+word_kd"]["average"]
+        print(f"lll + Word-KD averages {a_kd:.1f} against lll's {a_lll:.1f} "
+              f"({'better' if a_kd > a_lll else 'not better'} at this scale)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,8 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_runs", help="output root (default: ./demo_runs)")
     p.add_argument("--data_dir", default=bundled_data_dir())
     p.add_argument("--tasks", nargs="+", default=["rnnlg.rest", "rnnlg.hotel", "rnnlg.tv"])
-    p.add_argument("--train", type=int, default=800, help="training examples per task")
-    p.add_argument("--test", type=int, default=60, help="test examples per task")
+    p.add_argument("--base", choices=["pretrained", "random"], default="pretrained",
+                   help="start from the pretrained tiny GPT-2 shipped with l2kd (python -m l2kd.pretrain "
+                        "builds it) or from random init (tiny-gpt2)")
+    p.add_argument("--train", type=int, default=400, help="training examples per task")
+    p.add_argument("--test", type=int, default=40, help="test examples per task")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -165,31 +194,48 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GEM's episodic memory per past task as a fraction of its data (the original's default)")
     p.add_argument("--seeds", type=int, nargs="+", default=[42], help="one run per seed and strategy")
     p.add_argument("--strategies", nargs="+", choices=CORE + list(FULL), default=None,
-                   help="run exactly these strategies (default: finetune lll, plus the --full ones)")
+                   help="run exactly these strategies (default: finetune lll lll+word_kd, plus the --full ones)")
     p.add_argument("--full", action="store_true",
-                   help="also Word-KD, Seq-KD soft (teachers trained automatically), EWC, MAS, GEM (much longer)")
+                   help="also Seq-KD soft (teachers trained automatically), EWC, MAS, GEM (much longer)")
     p.add_argument("--resume", action="store_true",
                    help="reuse finished tasks of an earlier demo run under --out (default: start afresh)")
     p.add_argument("--quiet", action="store_true")
+    p.set_defaults(model_name="tiny-gpt2", base_label="random init")  # main() resolves --base into these
     return p
+
+
+def resolve_base(args: argparse.Namespace) -> None:
+    """``args.model_name`` and ``args.base_label`` from ``--base``: the shipped pretrained base
+    (verified; built into the user's cache the first time when l2kd ships none that matches)."""
+    if args.base == "random":
+        args.model_name, args.base_label = "tiny-gpt2", "random init"
+        return
+    from l2kd.pretraining import ensure_base
+
+    args.model_name = ensure_base(quiet=args.quiet)
+    args.base_label = "pretrained base"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1
     torch.set_num_threads(max(1, threads))
+    resolve_base(args)
     if not args.resume and os.path.isdir(args.out):
         import shutil
 
-        for name in ["tiny-gpt2", "data"] + list(FULL):
+        for name in [model_tag(args.model_name), "data"] + list(VARIANTS) + list(FULL):
             if os.path.isdir(os.path.join(args.out, name)):
                 shutil.rmtree(os.path.join(args.out, name))
     strategies = args.strategies or CORE + (list(FULL) if args.full else [])
-    minutes = len(args.seeds) * (8 + (40 if args.full else 0)) * args.train * args.epochs * len(args.tasks) / 4800
-    print(f"l2kd demo: tiny GPT-2 (2 layers, 128 dims, real 50257-token vocabulary) on "
+    # minutes per 1000 example-epochs of one task on 2 idle cores, by strategy (rough; teachers included)
+    cost = {"finetune": 0.28, "lll": 0.33, "lll+word_kd": 0.75}
+    minutes = len(args.seeds) * sum(cost.get(s, 1.0) for s in strategies) * args.train * args.epochs * \
+        len(args.tasks) / 1000 + 0.5
+    print(f"l2kd demo: tiny GPT-2 (2 layers, 128 dims, real 50257-token vocabulary; {args.base_label}) on "
           f"{' -> '.join(args.tasks)}, {args.train} examples x {args.epochs} epochs per task, "
           f"strategies {', '.join(strategies)}, seeds {args.seeds}. "
-          f"Expected: about {minutes:.0f} minutes on 2 CPU cores.", flush=True)
+          f"Expected: roughly {minutes:.0f} minutes on 2 idle CPU cores.", flush=True)
     if args.full or (args.strategies and set(args.strategies) - set(CORE)):
         # Seq-KD writes <task>_to_squad-distil-v2.0.json beside the data: use a copy, not the package's files.
         import shutil

@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from l2kd.config import SamplingConfig, TrainConfig
 from l2kd.data import bundled_data_dir
+from l2kd.diagnostics import DIAGNOSTICS
 from l2kd.evaluate import evaluate_run
 from l2kd.io_utils import atomic_write_json
 from l2kd.layout import TASK_RECORD, run_dir_of, task_dir
@@ -29,6 +30,7 @@ from l2kd.loop import train_sequence
 # The original's --reg_lambda 1.0 leaves EWC / MAS importances (~1e-9 here) with no effect;
 # the study also runs each at a strength where the penalty is of the order of the task loss.
 STRONG_REG_LAMBDA = 1e6
+PRETRAINED = "pretrained"  # --model_name value naming l2kd's pretrained tiny base
 
 # name -> (seq_train_type, config fields)
 METHODS: Dict[str, Tuple[str, Dict[str, object]]] = {
@@ -74,7 +76,7 @@ def method_config(method: str, order: str, seed: int, args: argparse.Namespace) 
 
 
 def teacher_diagnostics(cfg: TrainConfig) -> Dict[str, object]:
-    """The ``teacher`` record of every task of a finished distilled run (empty when none)."""
+    """The teacher diagnostics recorded for every task of a finished distilled run (empty when none)."""
     out: Dict[str, object] = {}
     rdir = run_dir_of(cfg)
     for task in cfg.tasks:
@@ -84,8 +86,8 @@ def teacher_diagnostics(cfg: TrainConfig) -> Dict[str, object]:
                 rec = json.load(f)
         except (OSError, ValueError):
             continue
-        if isinstance(rec, dict) and rec.get("teacher"):
-            out[task] = rec["teacher"]
+        if isinstance(rec, dict) and rec.get(DIAGNOSTICS):
+            out[task] = rec[DIAGNOSTICS]
     return out
 
 
@@ -117,9 +119,10 @@ def wall_time_table(cells: List[Dict[str, object]]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m l2kd.study", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="study_runs", help="output root (default: ./study_runs)")
-    p.add_argument("--model_name", default="tiny-gpt2",
-                   help="base model: a save_pretrained folder (e.g. the one python -m l2kd.pretrain builds) "
-                        "or tiny-gpt2 (random init)")
+    p.add_argument("--model_name", default=PRETRAINED,
+                   help=f"base model: {PRETRAINED!r} (default: the pretrained tiny base l2kd ships, verified, or "
+                        "built into the user's cache by python -m l2kd.pretrain's recipe), a save_pretrained "
+                        "folder, or tiny-gpt2 (random init)")
     p.add_argument("--data_dir", default=bundled_data_dir())
     p.add_argument("--tasks", nargs="+", default=["rnnlg.rest", "rnnlg.hotel", "rnnlg.tv"])
     p.add_argument("--orders", nargs="+", choices=ORDERS, default=list(ORDERS))
@@ -142,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.model_name == PRETRAINED:
+        from l2kd.pretraining import ensure_base
+
+        args.model_name = ensure_base(quiet=args.quiet)
     os.makedirs(args.out, exist_ok=True)
     # Seq-KD writes its decoded training files beside the data: work on a copy, never the package's.
     copy = os.path.join(args.out, "data")

@@ -7,10 +7,14 @@ wraps this strategy, so the KD targets are computed on the decoded answers, as t
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
+
+from transformers import PreTrainedModel
 
 from l2kd import distributed as dist
-from l2kd.distillation import ensure_distil_data, ensure_teacher
+from l2kd.data.qa_format import Encoded
+from l2kd.diagnostics import DIAGNOSTICS, diagnose_teacher
+from l2kd.distillation import ensure_distil_data, ensure_teacher, load_teacher
 from l2kd.strategies.base import TaskContext, Wrapper
 
 
@@ -23,3 +27,12 @@ class SeqKD(Wrapper):
         ensure_teacher(ctx.cfg, task, ctx.train_teacher)  # every rank: training a missing teacher is collective
         path = ensure_distil_data(ctx.cfg, task, ctx.device, ctx.train_teacher) if dist.is_main() else None
         return dist.broadcast(path)
+
+    def before_task(self, ctx: TaskContext, model: PreTrainedModel) -> List[Encoded]:
+        """The base's, then the teacher diagnostics (:mod:`l2kd.diagnostics`) on the decoded answers."""
+        extra = self.base.before_task(ctx, model)
+        (task,) = ctx.tasks
+        teacher = load_teacher(ensure_teacher(ctx.cfg, task, ctx.train_teacher), ctx.device)
+        ctx.stats[DIAGNOSTICS] = diagnose_teacher(teacher, model, ctx.tokenizer, ctx.ids, ctx.cfg, task,
+                                                  ctx.train_examples, ctx.max_len)
+        return extra

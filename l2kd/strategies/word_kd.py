@@ -22,6 +22,7 @@ import torch
 from transformers import PreTrainedModel
 
 from l2kd.data.qa_format import IGNORE, Batch, Encoded
+from l2kd.diagnostics import DIAGNOSTICS, diagnose_teacher
 from l2kd.distillation import ensure_teacher, load_teacher
 from l2kd.losses import hidden_states
 from l2kd.ops import kd_loss, kd_loss_ref
@@ -44,6 +45,9 @@ class WordKD(Wrapper):
         (task,) = ctx.tasks
         self.teacher = load_teacher(ensure_teacher(ctx.cfg, task, ctx.train_teacher), ctx.device)
         ctx.stats["teacher"] = task
+        if DIAGNOSTICS not in ctx.stats:  # Seq-KD soft: the wrapped SeqKD measured this teacher already
+            ctx.stats[DIAGNOSTICS] = diagnose_teacher(self.teacher, model, ctx.tokenizer, ctx.ids, ctx.cfg, task,
+                                                      ctx.train_examples, ctx.max_len)
         return extra
 
     def _part(self, model, inp: torch.Tensor, tgt: torch.Tensor, current: torch.Tensor, weight: torch.Tensor,

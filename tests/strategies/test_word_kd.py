@@ -60,7 +60,8 @@ def test_seq_kd_soft_trains_teacher_and_builds_distil_data(tmp_path, data_dir):
     cfg = TrainConfig(tasks=("rnnlg.rest", "rnnlg.tv"), data_dir=str(data), model_dir_root=str(tmp_path / "m"),
                       model_name="tiny-gpt2", seq_train_type="lll", gen_lm_sample_percentage=0.25,
                       learning_rate=1e-3, train_batch_size=8, n_train_epochs=1, max_train_examples=16,
-                      max_gen_len=16, quiet=True, distil=True, seq_distil=True, qa_sampling=SamplingConfig(top_k=1))
+                      max_gen_len=16, quiet=True, distil=True, seq_distil=True, qa_sampling=SamplingConfig(top_k=1),
+                      max_test_examples=3)
     from l2kd.loop import train_sequence
 
     summary = train_sequence(cfg)
@@ -69,6 +70,11 @@ def test_seq_kd_soft_trains_teacher_and_builds_distil_data(tmp_path, data_dir):
         distil = json.load(open(data / f"{t}_to_squad-distil-v2.0.json"))
         assert len(distil["data"]) == 16
         assert summary["tasks"][t]["teacher"] == t
+        # teacher diagnostics (measured once, by the wrapped SeqKD) are in the task's record
+        record = json.load(open(os.path.join(summary["run_dir"], t, "l2kd_task.json")))
+        diag = record["teacher_diagnostics"]
+        assert diag == summary["tasks"][t]["teacher_diagnostics"] and diag["test_examples"] == 3
+        assert diag["soft_targets"]["positions"] > 0 and 0 < diag["soft_targets"]["entropy_fraction"] <= 1
     assert summary["tasks"]["rnnlg.tv"]["replay"]["generated"] == 4
     teacher42 = tmp_path / "m" / "tiny-gpt2" / "lll" / "rnnlg.tv_0.2_42" / "rnnlg.tv"
     assert json.load(open(data / "rnnlg.tv_to_squad-distil-v2.0.json"))["l2kd_teacher"]["teacher"] == str(teacher42)
