@@ -9,7 +9,13 @@ Public API::
 every task model on every task and returns the accuracy matrix. The CLIs
 (``python -m l2kd.train`` / ``python -m l2kd.test``) are thin layers over these.
 """
-from l2kd.config import SamplingConfig, TrainConfig
+from l2kd.threads import prefer_passive_wait
+
+# Before anything imports torch: OpenMP threads that sleep at barriers instead of spinning
+# (see l2kd.threads); the user's OMP_WAIT_POLICY / GOMP_SPINCOUNT win.
+prefer_passive_wait()
+
+from l2kd.config import SamplingConfig, TrainConfig  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -103,3 +103,19 @@ def log_to(path: Optional[str], quiet: bool = False) -> Iterator[None]:
     finally:
         log.removeHandler(fh)
         fh.close()
+
+
+def apply_thread_policy() -> int:
+    """Set torch's intra-op thread count by :func:`l2kd.threads.thread_policy` (the CPUs this
+    process may use: affinity mask and cgroup quota; ``OMP_NUM_THREADS`` wins) and return it."""
+    from l2kd.threads import cgroup_cpu_limit, thread_policy
+
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = None
+    policy = thread_policy(os.environ, quota=cgroup_cpu_limit(), load=load)
+    if torch.get_num_threads() != policy.threads:
+        torch.set_num_threads(policy.threads)
+    log.debug("intra-op threads: %d (%s)", policy.threads, policy.reason)
+    return policy.threads

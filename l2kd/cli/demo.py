@@ -30,6 +30,7 @@ from l2kd.layout import model_tag
 from l2kd.loop import train_sequence
 from l2kd.metrics import task_score
 from l2kd.model import context_length, load_base_model, resize_for_tokenizer
+from l2kd.runtime import apply_thread_policy
 from l2kd.reporting import compare, format_comparison, load_run, plot_matrix, plot_task_curves
 from l2kd.tokenizer import add_special_tokens, load_base_tokenizer
 
@@ -218,8 +219,7 @@ def resolve_base(args: argparse.Namespace) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1
-    torch.set_num_threads(max(1, threads))
+    apply_thread_policy()  # OMP_NUM_THREADS, else the CPUs this process may use
     resolve_base(args)
     if not args.resume and os.path.isdir(args.out):
         import shutil

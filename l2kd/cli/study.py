@@ -26,6 +26,7 @@ from l2kd.evaluate import evaluate_run
 from l2kd.io_utils import atomic_write_json
 from l2kd.layout import TASK_RECORD, run_dir_of, task_dir
 from l2kd.loop import train_sequence
+from l2kd.runtime import apply_thread_policy
 
 # The original's --reg_lambda 1.0 leaves EWC / MAS importances (~1e-9 here) with no effect;
 # the study also runs each at a strength where the penalty is of the order of the task loss.
@@ -145,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    apply_thread_policy()  # OMP_NUM_THREADS, else the CPUs this process may use
     if args.model_name == PRETRAINED:
         from l2kd.pretraining import ensure_base
 

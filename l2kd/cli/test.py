@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 from l2kd import distributed as dist
 from l2kd.evaluate import evaluate_run, format_epoch_matrices, format_matrix
 from l2kd.launch import under_launcher
-from l2kd.runtime import setup_console_logging
+from l2kd.runtime import apply_thread_policy, setup_console_logging
 from l2kd.settings import config_from_args, flag_notes, parse_args
 from l2kd.strategies import load_custom_strategy
 
@@ -26,6 +26,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse, test, print the matrix; a user-fixable error is one message and exit status 1."""
     args = parse_args(argv, prog="python -m l2kd.test")
     setup_console_logging(args.quiet)
+    apply_thread_policy()  # the CPUs this process may use (affinity, cgroup quota)
     for level, note in flag_notes(args):
         log.log(level, "%s", note)
     if args.n_gpus > 1 and not under_launcher():

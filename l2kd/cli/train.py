@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 from l2kd.launch import LaunchError, launch_if_needed
 from l2kd.loop import train_sequence
 from l2kd.loop.failures import expected, reported_message
-from l2kd.runtime import setup_console_logging
+from l2kd.runtime import apply_thread_policy, setup_console_logging
 from l2kd.settings import config_from_args, flag_notes, parse_args
 from l2kd.strategies import load_custom_strategy
 
@@ -21,6 +21,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log has it too) and exit status 1; an error in the code itself keeps its traceback."""
     args = parse_args(argv, prog="python -m l2kd.train")
     setup_console_logging(args.quiet)
+    apply_thread_policy()  # the CPUs this process may use (affinity, cgroup quota)
     for level, note in flag_notes(args):
         log.log(level, "%s", note)
     try:

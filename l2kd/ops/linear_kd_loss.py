@@ -129,12 +129,18 @@ class _ChunkedLinearKD(torch.autograd.Function):
     @staticmethod
     def _blocks(h_s, w_s, h_t, w_s_t, w_t_t, temperature, chunk, need_grad, compiled, grad_h, grad_w, loss):
         n = h_s.shape[0]
+        # The student and teacher logit blocks are allocated once and reused by every chunk: a
+        # fresh [chunk, V] tensor per chunk is a fresh mmap whose page faults cost about as much
+        # as its GEMM on CPU. Same GEMMs into the same layout: the same values.
+        rows = min(chunk, n)
+        s_buf = torch.empty((rows, w_s_t.shape[1]), dtype=h_s.dtype, device=h_s.device)
+        t_buf = torch.empty((rows, w_t_t.shape[1]), dtype=h_t.dtype, device=h_t.device)
         for s in range(0, n, chunk):
             e = min(s + chunk, n)
             scale = (e - s) / n  # the block's loss and G are means over its own e - s rows
             hc = h_s[s:e]
-            s_logits = hc @ w_s_t
-            t_logits = (h_t[s:e] @ w_t_t).to(s_logits.dtype)
+            s_logits = torch.mm(hc, w_s_t, out=s_buf[: e - s])
+            t_logits = torch.mm(h_t[s:e], w_t_t, out=t_buf[: e - s]).to(s_logits.dtype)
             block_loss, g = _block_kd(s_logits, t_logits, temperature, need_grad, compiled)
             del s_logits, t_logits
             loss += block_loss * scale

@@ -1,0 +1,147 @@
+"""A small phase recorder for end-to-end benchmarks: wall time, item counts, peak RSS per phase.
+
+The library stays free of timing code: :meth:`PhaseRecorder.wrap` replaces a module attribute
+(``l2kd.loop.task.step``, ``l2kd.evaluate.predict``, ...) with a timed wrapper for the length of
+a ``with`` block and puts the original back afterwards. Phases nest: a phase entered while another
+runs is recorded under ``outer/inner`` (a teacher's training steps are ``teacher_train/train_step``,
+not student steps), and each phase reports its *self* time (its inclusive time minus that of the
+phases inside it), so the self times of all phases plus ``other`` add up to the run's wall time.
+
+Peak RSS: Linux's resident-set high-water mark (``VmHWM``) is reset when a phase starts
+(``/proc/self/clear_refs``) and read when it ends; the mark seen before a reset is credited to
+every enclosing phase first, so nesting loses nothing. Where the mark cannot be reset the figure
+is the process's peak so far (an upper bound).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+
+def _read_hwm_kb() -> Optional[int]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+@dataclass
+class PhaseStats:
+    """Totals of one phase path."""
+
+    calls: int = 0
+    seconds: float = 0.0  # inclusive
+    child_seconds: float = 0.0  # spent in phases nested inside this one
+    items: int = 0  # examples (or sequences) the calls handled
+    peak_rss_kb: int = 0
+
+    @property
+    def self_seconds(self) -> float:
+        return self.seconds - self.child_seconds
+
+    def as_dict(self) -> Dict[str, float]:
+        return {"calls": self.calls, "seconds": self.self_seconds, "inclusive_seconds": self.seconds,
+                "items": self.items, "items_per_s": self.items / self.self_seconds if self.self_seconds > 0 else None,
+                "peak_rss_mb": self.peak_rss_kb / 1024}
+
+
+@dataclass
+class _Open:
+    path: str
+    t0: float
+    child: float = 0.0
+    peak_kb: int = 0
+
+
+@dataclass
+class PhaseRecorder:
+    """Records nested phases; ``clock`` and ``rss`` are injectable for tests."""
+
+    clock: Callable[[], float] = time.perf_counter
+    rss: Tuple[Callable[[], Optional[int]], Callable[[], bool]] = (_read_hwm_kb, _reset_hwm)
+    stats: Dict[str, PhaseStats] = field(default_factory=dict)
+    _stack: List[_Open] = field(default_factory=list)
+
+    def _credit_peak(self) -> None:
+        kb = self.rss[0]()
+        if kb is not None:
+            for o in self._stack:
+                o.peak_kb = max(o.peak_kb, kb)
+
+    @contextlib.contextmanager
+    def phase(self, name: str, items: int = 0) -> Iterator[Dict[str, int]]:
+        """Time the block as phase ``name``; the yielded dict's ``items`` may be set inside it."""
+        self._credit_peak()  # the enclosing phases keep their peak across the reset below
+        self.rss[1]()
+        path = f"{self._stack[-1].path}/{name}" if self._stack else name
+        box = {"items": items}
+        self._stack.append(_Open(path, self.clock()))
+        try:
+            yield box
+        finally:
+            self._credit_peak()
+            o = self._stack.pop()
+            dt = self.clock() - o.t0
+            st = self.stats.setdefault(path, PhaseStats())
+            st.calls += 1
+            st.seconds += dt
+            st.child_seconds += o.child
+            st.items += int(box["items"])
+            st.peak_rss_kb = max(st.peak_rss_kb, o.peak_kb)
+            if self._stack:
+                self._stack[-1].child += dt
+                self._stack[-1].peak_kb = max(self._stack[-1].peak_kb, o.peak_kb)
+
+    def wrap(self, owner: Any, attr: str, name: str,
+             items: Optional[Callable[[tuple, dict, Any], int]] = None) -> contextlib.AbstractContextManager:
+        """Within the returned context, ``owner.attr`` runs as phase ``name``; ``items(args,
+        kwargs, result)`` counts what one call handled."""
+        original = getattr(owner, attr)
+        rec = self
+
+        def timed(*args, **kwargs):
+            with rec.phase(name) as box:
+                result = original(*args, **kwargs)
+                if items is not None:
+                    box["items"] = items(args, kwargs, result)
+            return result
+
+        @contextlib.contextmanager
+        def patched() -> Iterator[None]:
+            setattr(owner, attr, timed)
+            try:
+                yield
+            finally:
+                setattr(owner, attr, original)
+
+        return patched()
+
+    def report(self, total_seconds: Optional[float] = None) -> Dict[str, Dict[str, float]]:
+        """Per phase path: self seconds, items/s, peak RSS; ``other`` = the rest of ``total_seconds``."""
+        out = {k: v.as_dict() for k, v in sorted(self.stats.items())}
+        if total_seconds is not None:
+            top = sum(v.seconds for k, v in self.stats.items() if "/" not in k)
+            out["other"] = {"calls": 1, "seconds": max(0.0, total_seconds - top), "inclusive_seconds": None,
+                            "items": 0, "items_per_s": None, "peak_rss_mb": None}
+        return out
+
+    def largest(self, total_seconds: Optional[float] = None) -> Tuple[str, float]:
+        """The phase path with the most self time."""
+        rep = self.report(total_seconds)
+        name = max(rep, key=lambda k: rep[k]["seconds"])
+        return name, rep[name]["seconds"]
