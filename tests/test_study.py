@@ -37,6 +37,9 @@ def test_method_configs(tmp_path):
     assert soft.teacher_root == hard.teacher_root == os.path.join(str(tmp_path), "forward", "teachers")
     assert run_dir_of(soft) != run_dir_of(hard)
     assert study.method_config("gem", "forward", 1, args).gen_lm_sample_percentage == args.gem_pct
+    t1, t2 = study.method_config("lll+word_kd@T1", "forward", 1, args), study.method_config("lll+word_kd", "forward", 1, args)
+    assert (t1.temperature_kd, t2.temperature_kd, t1.distil) == (1.0, args.temperature_kd, True)
+    assert t1.teacher_root == t2.teacher_root and run_dir_of(t1) != run_dir_of(t2)
 
 
 def test_teacher_diagnostics_read_from_task_records(tmp_path):

@@ -39,6 +39,9 @@ METHODS: Dict[str, Tuple[str, Dict[str, object]]] = {
     "multitask": ("multitask", {}),
     "lll": ("lll", {}),
     "lll+word_kd": ("lll", {"distil": True}),
+    # the same teachers distilled at other temperatures (the study's --temperature_kd is the default's)
+    "lll+word_kd@T1": ("lll", {"distil": True, "temperature_kd": 1.0}),
+    "lll+word_kd@T4": ("lll", {"distil": True, "temperature_kd": 4.0}),
     "lll+seq_kd": ("lll", {"seq_distil": True}),
     "lll+seq_kd_soft": ("lll", {"distil": True, "seq_distil": True}),
     "ewc": ("ewc", {"reg_lambda": 1.0}),
@@ -65,10 +68,11 @@ def method_config(method: str, order: str, seed: int, args: argparse.Namespace) 
     if seq_type in ("ewc", "mas"):
         extra["reg_lambda"] = args.strong_reg_lambda if method.endswith("_strong") else extra["reg_lambda"]
     pct = args.gem_pct if seq_type == "gem" else args.pct
+    temperature = extra.pop("temperature_kd", args.temperature_kd)
     return TrainConfig(
         tasks=ordered_tasks(args.tasks, order), data_dir=args.data_dir, model_name=args.model_name,
         model_dir_root=os.path.join(args.out, order, method), teacher_root=os.path.join(args.out, order, "teachers"),
-        seq_train_type=seq_type, seed=seed, temperature_kd=args.temperature_kd, learning_rate=args.lr,
+        seq_train_type=seq_type, seed=seed, temperature_kd=temperature, learning_rate=args.lr,
         train_batch_size=args.batch, n_train_epochs=args.epochs, max_train_examples=args.train,
         max_test_examples=args.test, gen_lm_sample_percentage=pct, max_gen_len=96,
         qa_sampling=SamplingConfig(top_k=1), lm_sampling=SamplingConfig(top_k=20),
@@ -158,7 +162,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         shutil.copytree(args.data_dir, copy)
     args.data_dir = copy
     cells: List[Dict[str, object]] = []
-    plan = [(o, m, s) for o in args.orders for m in args.methods for s in args.seeds]
+    # seed-major: a study stopped early still has every method for the seeds it finished
+    plan = [(o, m, s) for o in args.orders for s in args.seeds for m in args.methods]
     print(f"l2kd study: {len(plan)} runs ({len(args.methods)} methods x {len(args.seeds)} seeds x "
           f"{len(args.orders)} orders) from {args.model_name}, {args.train} examples x {args.epochs} epochs per task",
           flush=True)
