@@ -35,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from l2kd.io_utils import atomic_torch_save, atomic_write_json, atomic_write_text
+from l2kd.io_utils import atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temps
 from l2kd.losses import hidden_states
 from l2kd.ops.linear_cross_entropy import linear_cross_entropy
 from l2kd.runtime import bar_options
@@ -274,6 +274,9 @@ def build_base(recipe: Recipe, out_dir: str, checkpoint_every: int = 50, eval_ev
     (tests). Returns the record written to ``l2kd_pretrain.json``."""
     checksum = recipe_checksum(recipe)
     os.makedirs(out_dir, exist_ok=True)
+    # a build killed inside an atomic write leaves its half-written temp file behind
+    if remove_stale_temps(out_dir):
+        log.info("pretraining: removed temp files an interrupted build left in %s", out_dir)
     state_path = os.path.join(out_dir, STATE_FILE)
     tok = OriginalGPT2Tokenizer(bundled_gpt2_tokenizer())
     eos = tok.convert_tokens_to_ids(EOS)

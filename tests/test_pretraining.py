@@ -109,8 +109,10 @@ def test_mini_build_loads_like_gpt2_and_resumes_identically(mini, tmp_path):
     part = tmp_path / "part"
     assert pt.build_base(mini, str(part), checkpoint_every=2, quiet=True, stop_after=2) == {"stopped_at": 2}
     assert torch.load(part / pt.STATE_FILE, weights_only=True)["step"] == 2
+    (part / ".tmp-abc123").write_bytes(b"half a checkpoint")  # a kill inside an atomic write leaves this
     torch.manual_seed(123)  # the resumed run restores the random state itself
     pt.build_base(mini, str(part), checkpoint_every=2, quiet=True)
+    assert not any(f.startswith(".tmp-") for f in os.listdir(part))
     a, b = load_base_model(str(tmp_path / "full"), 0).state_dict(), load_base_model(str(part), 0).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
