@@ -17,13 +17,14 @@ from typing import Dict, List
 import torch
 import torch.nn.functional as F
 
-from l2kd.data.loading import load_task_examples
-from l2kd.data.qa_format import IGNORE, collate
-from l2kd.distillation import load_teacher
-from l2kd.losses import hidden_states
-from l2kd.model import load_base_model, resize_for_tokenizer
 from l2kd.cli.study import PRETRAINED
 from l2kd.data import bundled_data_dir
+from l2kd.data.loading import load_task_examples
+from l2kd.data.qa_format import collate
+from l2kd.distillation import load_teacher
+from l2kd.losses import selected_logits
+from l2kd.model import load_base_model, resize_for_tokenizer
+from l2kd.ops.kd_loss import kd_loss
 from l2kd.pretraining import ensure_base
 from l2kd.tokenizer import add_special_tokens, load_base_tokenizer
 
@@ -44,29 +45,28 @@ def main() -> int:
     p.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 2.0, 4.0])
     p.add_argument("--examples", type=int, default=64)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seed", type=int, default=1, help="seeds the rows added for the special tokens")
     args = p.parse_args()
     student_name = ensure_base(quiet=True) if args.student == PRETRAINED else args.student
     tok = load_base_tokenizer(student_name)
     ids = add_special_tokens(tok, [args.task], False, False)
-    student = load_base_model(student_name, seed=1)
+    torch.manual_seed(args.seed)
+    student = load_base_model(student_name, seed=args.seed)
     resize_for_tokenizer(student, len(tok))
+    student.eval()  # no dropout: the figures are a function of the models and the data
     teacher = load_teacher(args.teacher, torch.device("cpu"))
     exs = load_task_examples(args.data_dir, args.task, "train", tok, ids, 1024, args.examples)
-    vocab = min(student.get_output_embeddings().weight.shape[0], teacher.get_output_embeddings().weight.shape[0])
+    t_vocab = teacher.get_output_embeddings().weight.shape[0]
     sums: Dict[str, List[float]] = {}
     for s in range(0, len(exs), args.batch):
         batch = collate(exs[s:s + args.batch], ids)
-        mask = batch.qa_target != IGNORE
-        with torch.no_grad():
-            t_logits = teacher.get_output_embeddings()(hidden_states(teacher, batch.qa_input.clamp(max=vocab - 1))[mask])
-        s_logits = student.get_output_embeddings()(hidden_states(student, batch.qa_input)[mask])
-        gold = batch.qa_target[mask]
+        with torch.no_grad():  # a teacher without the later task tokens sees its last id, as in training
+            t_logits, _, _ = selected_logits(teacher, batch.qa_input.clamp(max=t_vocab - 1), batch.qa_target)
+        s_logits, gold, _ = selected_logits(student, batch.qa_input, batch.qa_target)
         g_ce = flat_grad(student, F.cross_entropy(s_logits, gold))
         sums.setdefault("ce", []).append(float(g_ce.norm()))
         for t in args.temperatures:
-            kd = t * t * F.kl_div(F.log_softmax(s_logits[:, :vocab] / t, -1), F.log_softmax(t_logits[:, :vocab] / t, -1),
-                                  log_target=True, reduction="batchmean")
-            g_kd = flat_grad(student, kd)
+            g_kd = flat_grad(student, kd_loss(s_logits, t_logits, temperature=t))  # the training loss itself
             sums.setdefault(f"kd_T{t:g}", []).append(float(g_kd.norm()))
             sums.setdefault(f"cos_T{t:g}", []).append(float(F.cosine_similarity(g_kd, g_ce, dim=0)))
     out = {k: sum(v) / len(v) for k, v in sums.items()}
