@@ -10,7 +10,11 @@ replay). l2kd looks for one, in order:
 
 and trains it there (same hyper-parameters unless ``--teacher_*`` overrides) when none exists,
 through the ``train_teacher`` function the training loop passes in (this module does not
-import the loop).
+import the loop). A teacher l2kd trained records its learning configuration; one found in 2. or
+3. that was trained under another one (say, other ``--teacher_n_train_epochs``) is not used: the
+loop then refuses its folder as it refuses any stale run (``--discard_stale`` retrains it).
+Settings only the student uses (temperature, regulariser, ``--teacher_*`` themselves) are reset
+in the teacher's configuration, so students that differ only in them share one teacher.
 
 Seq-KD replaces a task's gold training answers by the teacher's greedy decodes. The file is
 named as the original expected it (``str.replace("train", "distil")`` on the file name:
@@ -36,13 +40,20 @@ from l2kd.data.tasks import task_file
 from l2kd.evaluate import predict
 from l2kd.generation import progress
 from l2kd.io_utils import atomic_write_json
-from l2kd.layout import model_tag, run_dir
+from l2kd.layout import TASK_RECORD, model_tag, run_dir
 from l2kd.model import context_length, model_from_task_dir
+from l2kd.run_identity import differences, learning_config, read_task_identity
 from l2kd.tokenizer import add_special_tokens, load_base_tokenizer
 
 log = logging.getLogger("l2kd")
 TEACHER_PCT = 0.2  # the original's teacher folder name hard-codes 0.2
 TrainTeacher = Callable[[TrainConfig], str]  # trains a config, returns its run folder
+
+
+# student-only settings, reset to their defaults in a teacher's configuration
+_STUDENT_ONLY = ("temperature_kd", "reg_lambda", "qp_margin", "reg_anchor", "ref1",
+                 "teacher_n_train_epochs", "teacher_learning_rate")
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in _STUDENT_ONLY}
 
 
 def teacher_config(cfg: TrainConfig, task: str) -> TrainConfig:
@@ -51,22 +62,34 @@ def teacher_config(cfg: TrainConfig, task: str) -> TrainConfig:
         cfg, tasks=(task,), seq_train_type="lll", gen_lm_sample_percentage=TEACHER_PCT, distil=False,
         seq_distil=False, n_train_epochs=cfg.teacher_n_train_epochs or cfg.n_train_epochs,
         learning_rate=cfg.teacher_learning_rate or cfg.learning_rate, teacher_dir="", skip_tasks=(),
-        model_dir_root=cfg.teacher_root or cfg.model_dir_root,
+        model_dir_root=cfg.teacher_root or cfg.model_dir_root, **_DEFAULTS,
     )
+
+
+def _trained_otherwise(teacher_dir: str, tcfg: TrainConfig) -> list:
+    """How the learning configuration recorded in ``teacher_dir`` differs from ``tcfg`` (empty when
+    equal or when the folder has no record, e.g. the original's)."""
+    recorded = read_task_identity(os.path.join(teacher_dir, TASK_RECORD))
+    return differences(recorded, learning_config(tcfg)) if recorded is not None else []
 
 
 def find_teacher(cfg: TrainConfig, task: str) -> Optional[str]:
     """The folder holding ``task``'s teacher ``model-finish``, or None when there is none yet."""
     candidates = []
-    if cfg.teacher_dir:
+    if cfg.teacher_dir:  # the user's choice: used as is
         candidates += [os.path.join(cfg.teacher_dir, task), cfg.teacher_dir]
+    explicit = len(candidates)
     candidates.append(os.path.join("models", model_tag(cfg.model_name), "lll", f"{task}_{TEACHER_PCT}", task))
     tcfg = teacher_config(cfg, task)
     candidates.append(os.path.join(run_dir(tcfg.model_dir_root, tcfg.model_name, "lll", [task], TEACHER_PCT,
                                            tcfg.seed), task))
-    for d in candidates:
+    for i, d in enumerate(candidates):
         if os.path.isfile(os.path.join(d, "model-finish")) and os.path.isfile(os.path.join(d, "config.json")):
-            return d
+            stale = [] if i < explicit else _trained_otherwise(d, tcfg)
+            if not stale:
+                return d
+            log.warning("[%s] not using the teacher in %s: it was trained with another configuration (%s)",
+                        task, d, "; ".join(stale))
     if cfg.teacher_dir:
         raise FileNotFoundError(f"--teacher_dir {cfg.teacher_dir}: no model-finish for task {task} "
                                 f"(looked in {candidates[0]} and {candidates[1]})")

@@ -25,11 +25,16 @@ def test_orders_reverse_the_sequence():
 
 
 def test_method_configs(tmp_path):
-    args = _args(tmp_path, strong_reg_lambda=123.0)
+    args = _args(tmp_path, mas_strong_reg_lambda=123.0)
     ewc, strong = study.method_config("ewc", "reverse", 2, args), study.method_config("mas_strong", "forward", 1, args)
     assert (ewc.seq_train_type, ewc.reg_lambda, ewc.seed) == ("ewc", 1.0, 2)
     assert ewc.tasks == ("rnnlg.tv", "rnnlg.hotel", "rnnlg.rest")
     assert (strong.seq_train_type, strong.reg_lambda) == ("mas", 123.0)
+    assert study.method_config("ewc_strong", "forward", 1, args).reg_lambda == study.STRONG_REG_LAMBDA["ewc"]
+    long = study.method_config("lll+word_kd@long_teacher", "forward", 1, args)
+    assert long.distil and long.teacher_n_train_epochs == args.long_teacher_epochs != args.epochs
+    # longer-trained teachers live apart from the others, which a run with other epochs must not reuse
+    assert long.teacher_root == os.path.join(str(tmp_path), "forward", f"teachers-{args.long_teacher_epochs}ep")
     soft = study.method_config("lll+seq_kd_soft", "forward", 1, args)
     hard = study.method_config("lll+seq_kd", "forward", 1, args)
     assert (soft.distil, soft.seq_distil, hard.distil, hard.seq_distil) == (True, True, False, True)

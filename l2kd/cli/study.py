@@ -28,9 +28,12 @@ from l2kd.layout import TASK_RECORD, run_dir_of, task_dir
 from l2kd.loop import train_sequence
 from l2kd.runtime import apply_thread_policy
 
-# The original's --reg_lambda 1.0 leaves EWC / MAS importances (~1e-9 here) with no effect;
-# the study also runs each at a strength where the penalty is of the order of the task loss.
-STRONG_REG_LAMBDA = 1e6
+# The original's --reg_lambda 1.0 leaves EWC / MAS with no effect here (the pull of the most
+# important weight, 2 * lr * reg_lambda * max(Omega), is ~1e-7 of its distance to the anchor per
+# step). The study also runs each at a strength where that pull is ~0.1-0.3 at lr 1e-3: max Omega
+# after one task is ~1e-4 for EWC but ~1e-7 for MAS (its MSE is a mean over the vocabulary of
+# squared probabilities), so MAS needs a thousand times EWC's lambda.
+STRONG_REG_LAMBDA = {"ewc": 1e6, "mas": 1e9}
 PRETRAINED = "pretrained"  # --model_name value naming l2kd's pretrained tiny base
 
 # name -> (seq_train_type, config fields)
@@ -42,12 +45,14 @@ METHODS: Dict[str, Tuple[str, Dict[str, object]]] = {
     # the same teachers distilled at other temperatures (the study's --temperature_kd is the default's)
     "lll+word_kd@T1": ("lll", {"distil": True, "temperature_kd": 1.0}),
     "lll+word_kd@T4": ("lll", {"distil": True, "temperature_kd": 4.0}),
+    # teachers trained for --long_teacher_epochs instead of --epochs (their own teacher folder)
+    "lll+word_kd@long_teacher": ("lll", {"distil": True, "long_teacher": True}),
     "lll+seq_kd": ("lll", {"seq_distil": True}),
     "lll+seq_kd_soft": ("lll", {"distil": True, "seq_distil": True}),
     "ewc": ("ewc", {"reg_lambda": 1.0}),
-    "ewc_strong": ("ewc", {"reg_lambda": STRONG_REG_LAMBDA}),
+    "ewc_strong": ("ewc", {"reg_lambda": STRONG_REG_LAMBDA["ewc"]}),
     "mas": ("mas", {"reg_lambda": 1.0}),
-    "mas_strong": ("mas", {"reg_lambda": STRONG_REG_LAMBDA}),
+    "mas_strong": ("mas", {"reg_lambda": STRONG_REG_LAMBDA["mas"]}),
     "gem": ("gem", {}),
 }
 
@@ -65,13 +70,17 @@ def method_config(method: str, order: str, seed: int, args: argparse.Namespace) 
     """The run configuration of one study cell; runs of one order share a teacher folder."""
     seq_type, extra = METHODS[method]
     extra = dict(extra)
-    if seq_type in ("ewc", "mas"):
-        extra["reg_lambda"] = args.strong_reg_lambda if method.endswith("_strong") else extra["reg_lambda"]
+    if method.endswith("_strong"):
+        extra["reg_lambda"] = getattr(args, f"{seq_type}_strong_reg_lambda")
     pct = args.gem_pct if seq_type == "gem" else args.pct
     temperature = extra.pop("temperature_kd", args.temperature_kd)
+    teachers = os.path.join(args.out, order, "teachers")
+    if extra.pop("long_teacher", False):
+        extra["teacher_n_train_epochs"] = args.long_teacher_epochs
+        teachers += f"-{args.long_teacher_epochs}ep"
     return TrainConfig(
         tasks=ordered_tasks(args.tasks, order), data_dir=args.data_dir, model_name=args.model_name,
-        model_dir_root=os.path.join(args.out, order, method), teacher_root=os.path.join(args.out, order, "teachers"),
+        model_dir_root=os.path.join(args.out, order, method), teacher_root=teachers,
         seq_train_type=seq_type, seed=seed, temperature_kd=temperature, learning_rate=args.lr,
         train_batch_size=args.batch, n_train_epochs=args.epochs, max_train_examples=args.train,
         max_test_examples=args.test, gen_lm_sample_percentage=pct, max_gen_len=96,
@@ -141,8 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pct", type=float, default=0.2, help="--gen_lm_sample_percentage of the LAMOL runs")
     p.add_argument("--gem_pct", type=float, default=0.05, help="GEM's memory per past task (fraction of its data)")
     p.add_argument("--temperature_kd", type=float, default=2.0)
-    p.add_argument("--strong_reg_lambda", type=float, default=STRONG_REG_LAMBDA,
-                   help="--reg_lambda of the ewc_strong / mas_strong runs")
+    p.add_argument("--long_teacher_epochs", type=int, default=6,
+                   help="teacher epochs of the lll+word_kd@long_teacher runs (the others' teachers train --epochs)")
+    for kind, lam in STRONG_REG_LAMBDA.items():
+        p.add_argument(f"--{kind}_strong_reg_lambda", type=float, default=lam,
+                       help=f"--reg_lambda of the {kind}_strong runs (default {lam:g})")
     p.add_argument("--no-plots", dest="plots", action="store_false")
     p.add_argument("--quiet", action="store_true")
     return p

@@ -39,6 +39,11 @@ from l2kd.runtime import precision_context
 from l2kd.strategies.base import Strategy, TaskContext
 
 BatchLoss = Callable[[PreTrainedModel, Batch, List[Encoded]], torch.Tensor]
+# Bounds on the pull of the most important weight per step, 2 * lr * reg_lambda * max(Omega): below
+# WEAK_PULL no weight gets measurably closer to its anchor within a task (the regulariser is
+# a no-op and the run equals finetune); above UNSTABLE_PULL the step overshoots the anchor.
+WEAK_PULL = 1e-4
+UNSTABLE_PULL = 1.0
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -101,6 +106,33 @@ def compute_importance(model: PreTrainedModel, examples: Sequence[Encoded], ids,
     return {name: s / n for (name, _), s in zip(named, sums)}
 
 
+def penalty_strength(omega: Dict[str, torch.Tensor], lr: float, reg_lambda: float) -> Dict[str, float]:
+    """How hard the pull acts: mean and max importance, and ``max_pull = 2 * lr * reg_lambda * max(Omega)``,
+    the fraction of its distance to the anchor the most important weight loses per step at the
+    peak learning rate (the step is ``p -= 2 lr lambda Omega (p - anchor)``)."""
+    n = sum(w.numel() for w in omega.values())
+    mean = float(sum(w.double().sum() for w in omega.values()) / max(n, 1))
+    top = max((float(w.max()) for w in omega.values() if w.numel()), default=0.0)
+    return {"mean": mean, "max": top, "max_pull": 2.0 * lr * reg_lambda * top}
+
+
+def strength_warnings(name: str, strength: Dict[str, float], lr: float, reg_lambda: float) -> List[str]:
+    """Warnings when the penalty cannot act (``max_pull < WEAK_PULL``) or overshoots (``> UNSTABLE_PULL``),
+    with the ``--reg_lambda`` that would give a pull of 0.1."""
+    pull, top = strength["max_pull"], strength["max"]
+    if top <= 0 or lr <= 0:
+        return []
+    suggest = 0.1 / (2.0 * lr * top)
+    if pull < WEAK_PULL:
+        return [f"{name}: --reg_lambda {reg_lambda:g} is too weak to act: the most important weight (importance "
+                f"{top:.2e}) moves only {pull:.1e} of its distance to the anchor per step at lr {lr:g}, so this run "
+                f"will behave like finetune; --reg_lambda of about {suggest:.1e} gives a pull of 0.1"]
+    if pull > UNSTABLE_PULL:
+        return [f"{name}: --reg_lambda {reg_lambda:g} overshoots: the most important weight's pull is {pull:.2f} of its "
+                f"distance to the anchor per step (> {UNSTABLE_PULL:g} oscillates); about {suggest:.1e} gives 0.1"]
+    return []
+
+
 def _fit(t: torch.Tensor, p: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
     """``t`` moved to ``p``; rows added to ``p`` since (grown vocabulary) taken from ``fill``."""
     t = t.to(p.device)
@@ -151,8 +183,12 @@ class ImportanceRegularizer(Strategy):
         if ctx.cfg.reg_anchor == "previous":
             self.anchor = {n: p.detach().clone() for n, p in trainable(model)}
         self._lists = None
-        ctx.stats[f"{self.name}_importance"] = {"mean": float(sum(w.sum() for w in self.omega.values())
-                                                           / sum(w.numel() for w in self.omega.values()))}
+        lr, lam = ctx.cfg.learning_rate, ctx.cfg.reg_lambda
+        strength = penalty_strength(self.omega, lr, lam)
+        strength["warnings"] = strength_warnings(self.name, strength, lr, lam)
+        for w in strength["warnings"]:
+            ctx.logger.warning("[%s] %s", "+".join(ctx.tasks), w)
+        ctx.stats[f"{self.name}_importance"] = strength
 
     def state_dict(self) -> dict:
         return {"omega": self.omega, "anchor": self.anchor}

@@ -67,3 +67,33 @@ def test_mas_pull_and_state(tok_ids, tiny_model):
 @pytest.mark.slow
 def test_mas_resume_equals_uninterrupted(tmp_path, data_dir):
     resume_equals_uninterrupted(tmp_path, data_dir, "mas")
+
+
+def test_penalty_strength_and_warnings():
+    from l2kd.strategies.regularizer import penalty_strength, strength_warnings
+
+    omega = {"a": torch.tensor([1e-9, 3e-9]), "b": torch.tensor([[2e-9], [0.0]])}
+    s = penalty_strength(omega, 1e-3, 1e6)
+    assert s["mean"] == pytest.approx(1.5e-9) and s["max"] == pytest.approx(3e-9)
+    assert s["max_pull"] == pytest.approx(2 * 1e-3 * 1e6 * 3e-9)  # 6e-6: far too weak
+    (weak,) = strength_warnings("mas", s, 1e-3, 1e6)
+    assert "too weak" in weak and "1.7e+10" in weak  # 0.1 / (2 * 1e-3 * 3e-9)
+    assert strength_warnings("mas", penalty_strength(omega, 1e-3, 1.7e10), 1e-3, 1.7e10) == []
+    (over,) = strength_warnings("mas", penalty_strength(omega, 1e-3, 1e12), 1e-3, 1e12)
+    assert "overshoots" in over
+    assert strength_warnings("mas", penalty_strength({"a": torch.zeros(3)}, 1e-3, 1.0), 1e-3, 1.0) == []
+
+
+def test_after_task_records_strength_and_warns(tok_ids, tiny_model, caplog):
+    tok, ids = tok_ids
+    tiny_model.resize_token_embeddings(len(tok), mean_resizing=False)
+    exs = examples(tok, ids, 3)
+    s = MAS()
+    ctx = make_ctx(tok, ids, exs, seq_train_type="mas", reg_lambda=1.0, learning_rate=6.25e-5)
+    s.before_task(ctx, tiny_model)
+    with caplog.at_level("WARNING", logger="test"):
+        s.after_task(ctx, tiny_model)
+    rec = ctx.stats["mas_importance"]
+    top = max(float(w.max()) for w in s.omega.values())
+    assert rec["max"] == pytest.approx(top) and rec["max_pull"] == pytest.approx(2 * 6.25e-5 * top)
+    assert rec["max_pull"] < 1e-4 and rec["warnings"] and "too weak" in caplog.text

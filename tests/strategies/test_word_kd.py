@@ -114,3 +114,40 @@ def test_user_distil_file_is_used_as_is(tmp_path, data_dir):
 
     assert ensure_distil_data(cfg, "rnnlg.rest", torch.device("cpu"), no_training) == str(user)
     assert not (tmp_path / "m").exists()
+
+
+def test_find_teacher_skips_a_teacher_trained_otherwise(tmp_path, caplog):
+    """A teacher l2kd trained under another learning configuration is not reused; student-only
+    settings do not count; an explicit --teacher_dir and a folder without a record are used as is."""
+    import dataclasses
+
+    from l2kd.distillation import find_teacher, teacher_config
+    from l2kd.layout import run_dir
+    from l2kd.run_identity import learning_config
+
+    cfg = TrainConfig(tasks=("rnnlg.rest", "rnnlg.tv"), data_dir=".", model_dir_root=str(tmp_path / "m"),
+                      model_name="tiny-gpt2", distil=True, n_train_epochs=2)
+    tcfg = teacher_config(cfg, "rnnlg.tv")
+    tdir = tmp_path / "m" / "tiny-gpt2" / "lll" / "rnnlg.tv_0.2_42" / "rnnlg.tv"
+    assert os.path.join(run_dir(tcfg.model_dir_root, "tiny-gpt2", "lll", ["rnnlg.tv"], 0.2, 42), "rnnlg.tv") == str(tdir)
+    tdir.mkdir(parents=True)
+    for f in ("model-finish", "config.json"):
+        (tdir / f).write_text("{}")
+    (tdir / "l2kd_task.json").write_text(json.dumps({"identity": learning_config(tcfg)}))
+    assert find_teacher(cfg, "rnnlg.tv") == str(tdir)
+    # student-only settings: the same teacher
+    for kw in ({"temperature_kd": 1.0}, {"reg_lambda": 5.0}, {"seq_distil": True}):
+        assert find_teacher(dataclasses.replace(cfg, **kw), "rnnlg.tv") == str(tdir), kw
+    # what the teacher learns: not reused, and the log says why
+    with caplog.at_level("WARNING", logger="l2kd"):
+        assert find_teacher(dataclasses.replace(cfg, teacher_n_train_epochs=6), "rnnlg.tv") is None
+        assert find_teacher(dataclasses.replace(cfg, teacher_learning_rate=1e-2), "rnnlg.tv") is None
+    assert "n_train_epochs: 2 -> 6" in caplog.text and "learning_rate" in caplog.text
+    # the teacher with the configuration asked for is found
+    assert teacher_config(dataclasses.replace(cfg, teacher_n_train_epochs=2), "rnnlg.tv") == tcfg
+    # an explicit --teacher_dir is the user's choice
+    explicit = dataclasses.replace(cfg, teacher_n_train_epochs=6, teacher_dir=str(tdir.parent))
+    assert find_teacher(explicit, "rnnlg.tv") == str(tdir)
+    # a teacher without a record (trained by the original) is used as before
+    (tdir / "l2kd_task.json").unlink()
+    assert find_teacher(dataclasses.replace(cfg, teacher_n_train_epochs=6), "rnnlg.tv") == str(tdir)
