@@ -50,9 +50,9 @@ METHODS: Dict[str, Tuple[str, Dict[str, object]]] = {
     "lll+seq_kd": ("lll", {"seq_distil": True}),
     "lll+seq_kd_soft": ("lll", {"distil": True, "seq_distil": True}),
     "ewc": ("ewc", {"reg_lambda": 1.0}),
-    "ewc_strong": ("ewc", {"reg_lambda": STRONG_REG_LAMBDA["ewc"]}),
+    "ewc_strong": ("ewc", {}),  # --reg_lambda from --ewc_strong_reg_lambda (STRONG_REG_LAMBDA)
     "mas": ("mas", {"reg_lambda": 1.0}),
-    "mas_strong": ("mas", {"reg_lambda": STRONG_REG_LAMBDA["mas"]}),
+    "mas_strong": ("mas", {}),  # --reg_lambda from --mas_strong_reg_lambda
     "gem": ("gem", {}),
 }
 
