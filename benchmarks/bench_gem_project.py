@@ -11,16 +11,18 @@ functional (allocates a fresh ``[P]`` output every call) and ``out=`` a prealloc
 (what ``out=grad``, the original's in-place write, costs; on machines where first-touch page
 faults are slow the allocation alone can cost more than the passes).
 
-Nothing violated, the common step: the original returns ``grad`` itself, so l2kd is also timed
+All implementations of a case are timed with their repeats interleaved (``time_interleaved``), so
+their ratios hold while the machine's memory bandwidth drifts. Nothing violated, the common step: the original returns ``grad`` itself, so l2kd is also timed
 in place (``out=grad``: only the check runs, nothing is copied): ``inplace_ms``.
 
 Peer: ``original_step`` under ``torch.compile`` (inductor; the numpy / quadprog part stays eager
 behind a graph break), a failure recorded as ``compile_error``. Liger-Kernel and
 cut-cross-entropy have no GEM projection.
 
-Floor: bytes that must move / CPU_BANDWIDTH_GBPS: violated ``(2t+2) P * 4`` (read G, g twice,
-write out once), not violated ``(t+1) P * 4`` (read G and g once; the fused op's copy of g is
-extra, the original returns the gradient untouched).
+Floor: the bytes that must move at the read / write bandwidth this process reaches
+(``common.measure_bandwidth``): violated, read ``(2t+2) P * 4`` (G and g twice) and write ``P * 4``
+(out once); not violated, read ``(t+1) P * 4`` (G and g once; the fused op's copy of g is extra,
+the original returns the gradient untouched).
 
 Run from the repo root: ``python benchmarks/bench_gem_project.py [--quick] [--P 20000000 --t 4]``.
 """
@@ -37,7 +39,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import CPU_BANDWIDTH_GBPS, peak_extra_memory_mb, print_table, sync, time_fn, write_results  # noqa: E402
+from common import measure_bandwidth, peak_extra_memory_mb, print_table, sync, time_interleaved, write_results  # noqa: E402
 from peers import NOT_SAME, compiled  # noqa: E402
 
 from l2kd.ops import backend  # noqa: E402
@@ -104,8 +106,9 @@ def main() -> None:
     sizes = args.P or ([1_000_000] if args.quick else [1_000_000, 20_000_000])
     ts = args.t or ([1, 4] if args.quick else [1, 4, 8])
     reps = 3 if args.quick else 7
+    bandwidth = measure_bandwidth(device)
     print(f"gem_project benchmark: device={device} backend={backend()} baseline solver={SOLVER} "
-          f"threads={torch.get_num_threads()} bandwidth={CPU_BANDWIDTH_GBPS} GB/s")
+          f"threads={torch.get_num_threads()} bandwidth: {bandwidth.describe()}")
     records = []
     for P in sizes:
         for t in ts:
@@ -115,24 +118,25 @@ def main() -> None:
                 out = gem_project(grad, mem)
                 err = float((out.double() - ref.double()).abs().max() / ref.double().abs().max())
                 assert err < 1e-5, f"fused and original disagree: rel err {err:.2e} (P={P}, t={t})"
-                base = time_fn(lambda: original_step(grad, mem), device, warmup=1, reps=reps)
-                fused = time_fn(lambda: gem_project(grad, mem), device, warmup=1, reps=reps)
                 buf = torch.empty_like(grad).zero_()
-                fused_out = time_fn(lambda: gem_project(grad, mem, out=buf), device, warmup=1, reps=reps)
-                inplace = None
+                fns = {"orig": lambda: original_step(grad, mem), "fused": lambda: gem_project(grad, mem),
+                       "out": lambda: gem_project(grad, mem, out=buf)}
                 if not violated:  # in place leaves grad unchanged only when nothing is violated
-                    inplace = time_fn(lambda: gem_project(grad, mem, out=grad), device, warmup=1, reps=reps)
-                    assert torch.equal(grad, ref)
+                    fns["inplace"] = lambda: gem_project(grad, mem, out=grad)
                 cstep, compile_error = compiled(original_step, lambda f: f(grad, mem))
-                comp = None
                 if cstep is not None:
                     cerr = float((cstep(grad, mem).double() - ref.double()).abs().max() / ref.double().abs().max())
                     if cerr < 1e-5:
-                        comp = time_fn(lambda: cstep(grad, mem), device, warmup=1, reps=reps)
+                        fns["compile"] = lambda: cstep(grad, mem)
                     else:
                         compile_error = f"compiled original disagrees: rel err {cerr:.2e}"
-                floor_bytes = (2 * t + 2 if violated else t + 1) * P * 4
-                floor_ms = floor_bytes / (CPU_BANDWIDTH_GBPS * 1e9) * 1e3
+                timed = time_interleaved(fns, device, warmup=1, reps=reps)
+                if not violated:
+                    assert torch.equal(grad, ref)
+                base, fused, fused_out = timed["orig"], timed["fused"], timed["out"]
+                inplace, comp = timed.get("inplace"), timed.get("compile")
+                floor_ms = (bandwidth.floor_ms((2 * t + 2) * P * 4, P * 4) if violated
+                            else bandwidth.floor_ms((t + 1) * P * 4))
                 rec = {
                     "P": P,
                     "t": t,
@@ -177,7 +181,7 @@ def main() -> None:
           "shared, loaded machine they include time the process waited for a core.")
     path = write_results("gem_project", device, records,
                          {"quick": args.quick, "sizes": sizes, "ts": ts, "baseline_solver": SOLVER, "margin": 0.5, "eps": 1e-3,
-                          "dtype": "float32", "bandwidth_gbps": CPU_BANDWIDTH_GBPS})
+                          "dtype": "float32", **bandwidth.record()})
     print(f"wrote {path}")
 
 

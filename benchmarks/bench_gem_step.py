@@ -11,7 +11,8 @@
 2. ``project``: ``gem_project`` alone on a synthetic flat gradient of GPT-2 124M's size
    (124,442,880 parameters with LAMOL's 4 added tokens), ``t = 4`` memories, fp32, every
    constraint violated, written ``out=`` the gradient (as the strategy does): fused vs reference.
-   Floor = (2t + 2) * P * 4 bytes / CPU_BANDWIDTH_GBPS (read M and g twice, write g once).
+   Floor: read (2t + 2) * P * 4 bytes (M and g twice) and write P * 4 (g once) at the bandwidth this
+   process reaches (``common.measure_bandwidth``).
 
 Run from the repo root: ``python benchmarks/bench_gem_step.py [--quick] [--load_library SO]``.
 ``--load_library`` loads a separately built ``torch.ops.l2kd`` library (a development JIT build
@@ -82,16 +83,16 @@ def bench_step(args, device, records):
         mb = collate(data[tasks[0]][:8], ids).to(device)
 
         def step():
-            loss, _ = gem.loss(model, b, w, ctx)
+            loss, _ = gem.loss(ctx, model, b, w)
             loss = loss - 2.0 * head_ce(model, mb.qa_input, mb.qa_target, w, use_kernels)  # force a conflict
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            gem.after_backward(model, ctx)
+            gem.after_backward(ctx, model)
             opt.step()
 
         def after_backward_only():
-            gem.after_backward(model, ctx)
+            gem.after_backward(ctx, model)
 
         def project_only():
             gem_project(gem._g, gem._mem, 0.5, 1e-3, use_kernels=use_kernels, out=gem._g)
@@ -110,8 +111,8 @@ def bench_step(args, device, records):
                         "projected": f"{st['projected_steps']}/{st['steps']}"})
 
 
-def bench_project(args, device, records):
-    from common import CPU_BANDWIDTH_GBPS, time_fn
+def bench_project(args, device, records, bandwidth):
+    from common import time_fn
 
     from l2kd.ops.gem_project import _has_kernel, gem_project, gem_project_ref
 
@@ -127,7 +128,7 @@ def bench_project(args, device, records):
     err = float((fused - ref).abs().max() / ref.abs().max())
     assert err < 1e-5, err
     del ref
-    floor_ms = (2 * t + 2) * P * 4 / (CPU_BANDWIDTH_GBPS * 1e9) * 1e3
+    floor_ms = bandwidth.floor_ms((2 * t + 2) * P * 4, P * 4)
     res = {}
     for name, fn in (("fused", lambda: gem_project(g.copy_(g0), mem, 0.5, 1e-3, out=g)),
                      ("reference", lambda: gem_project(g.copy_(g0), mem, 0.5, 1e-3, use_kernels=False, out=g))):
@@ -153,15 +154,16 @@ def main() -> None:
     if args.quick:
         args.P, args.reps = args.P or 8_000_000, 3
     _load_libraries(args.load_library)
-    from common import print_table, write_results
+    from common import measure_bandwidth, print_table, write_results
 
     from l2kd.ops import backend
 
     device = torch.device(args.device)
     records = []
     bench_step(args, device, records)
-    bench_project(args, device, records)
-    print(f"device {device}, l2kd backend {backend()}, threads {torch.get_num_threads()}")
+    bandwidth = measure_bandwidth(device)
+    bench_project(args, device, records, bandwidth)
+    print(f"device {device}, l2kd backend {backend()}, threads {torch.get_num_threads()}, bandwidth: {bandwidth.describe()}")
     print_table([r for r in records if r["part"] == "step"],
                 ["use_kernels", "gem_project", "P", "t", "memory_size", "step_ms", "step_p20", "step_p80",
                  "after_backward_ms", "project_ms", "projected"])
@@ -170,7 +172,8 @@ def main() -> None:
                 ["P", "t", "backend", "fused_ms", "reference_ms", "speedup", "floor_ms", "fused_vs_floor",
                  "max_rel_err"])
     path = write_results("gem_step", device, records, {"memories": args.memories, "memory_size": args.memory_size,
-                                                        "reps": args.reps, "P": args.P or P_GPT2})
+                                                        "reps": args.reps, "P": args.P or P_GPT2,
+                                                        **bandwidth.record()})
     print(f"wrote {path}")
 
 

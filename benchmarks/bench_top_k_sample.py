@@ -5,7 +5,8 @@ Reference = ``top_k_sample_ref``: torch.topk + masking (+ stable sort / cumsum f
 Grid: B in {1, 16, 64}, V = 50257, k = 20, top_p in {0, 0.9}, fp32 (+ an fp16 row).
 Peers: the reference under ``torch.compile`` (inductor, warmed up; a failure is recorded in the
 row as ``compile_error``). Liger-Kernel and cut-cross-entropy have no sampling kernel (recorded).
-Floor = bytes that must be read (B * V * element size) / CPU_BANDWIDTH_GBPS (GPU: not computed).
+Floor = bytes that must be read (B * V * element size) at the read bandwidth this process reaches on a
+buffer far larger than the caches (``benchmarks.common.measure_bandwidth``).
 
     python benchmarks/bench_top_k_sample.py [--quick] [--device cpu|cuda] [--threads N]
 """
@@ -22,7 +23,7 @@ if ROOT not in sys.path:
 import torch  # noqa: E402
 
 from benchmarks.common import (  # noqa: E402
-    CPU_BANDWIDTH_GBPS,
+    measure_bandwidth,
     peak_extra_memory_mb,
     print_table,
     time_fn,
@@ -59,6 +60,7 @@ def main() -> None:
         print("l2kd._C has no top_k_sample: the 'fused' column runs the reference")
 
     V, k = 50257, 20
+    bandwidth = measure_bandwidth(device)
     grid = [(b, torch.float32, p) for b in ((1, 64) if args.quick else (1, 16, 64)) for p in (0.0, 0.9)]
     grid += [(64, torch.float16, 0.0)]
     reps = 5 if args.quick else 15
@@ -82,7 +84,7 @@ def main() -> None:
         mf = peak_extra_memory_mb(fused, device)
         mr = peak_extra_memory_mb(ref, device)
         nbytes = B * V * x.element_size()
-        floor_ms = nbytes / (CPU_BANDWIDTH_GBPS * 1e9) * 1e3 if device.type == "cpu" else float("nan")
+        floor_ms = bandwidth.floor_ms(nbytes)
         rec = {
             "B": B, "V": V, "k": k, "top_p": top_p, "dtype": str(dtype).replace("torch.", ""),
             "fused_ms": tf["median_ms"], "fused_p20_ms": tf["p20_ms"], "fused_p80_ms": tf["p80_ms"],
@@ -109,7 +111,7 @@ def main() -> None:
     cols = ["B", "dtype", "top_p", "fused ms (p20-p80)", "ref ms (p20-p80)", "compile ms", "speedup", "floor ms", "x floor",
             "fused MB", "ref MB"]
     print(f"top_k_sample, V={V}, k={k}, device={device}, threads={torch.get_num_threads()}, "
-          f"floor at {CPU_BANDWIDTH_GBPS:g} GB/s")
+          f"floor at {bandwidth.describe()}")
     print_table(rows, cols)
     for r in records:
         if "compile_error" in r:
@@ -117,7 +119,7 @@ def main() -> None:
     print(f"  not timed: {NOT_SAME['liger_sampling']}; cut-cross-entropy neither")
     path = write_results(op="top_k_sample", device=device, records=records,
                          config={"V": V, "k": k, "reps": reps, "quick": args.quick,
-                                 "bandwidth_gbps": CPU_BANDWIDTH_GBPS, "threads": torch.get_num_threads(), "compiled": has_compiled("top_k_sample")})
+                                 **bandwidth.record(), "threads": torch.get_num_threads(), "compiled": has_compiled("top_k_sample")})
     print(f"wrote {path}")
 
 

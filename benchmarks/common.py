@@ -11,14 +11,68 @@ import os
 import platform
 import subprocess
 import time
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
-# Measured on the 2-core development machine: ~14 GB/s DRAM bandwidth (a reused buffer fills at 13-18 GB/s).
-CPU_BANDWIDTH_GBPS = float(os.environ.get("L2KD_BENCH_BANDWIDTH_GBPS", "14"))
+# Set to fix the bandwidth of every floor (GB/s, reads and writes alike) instead of measuring it.
+BANDWIDTH_ENV = "L2KD_BENCH_BANDWIDTH_GBPS"
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    """Memory bandwidth the floors are computed at: what this process reached, at its thread count,
+    on a buffer far larger than the caches (or the figure fixed by ``L2KD_BENCH_BANDWIDTH_GBPS``)."""
+
+    read_gbps: float
+    write_gbps: float
+    source: str  # "measured (...)" or the environment variable
+
+    def floor_ms(self, read_bytes: float, write_bytes: float = 0.0) -> float:
+        """Time the given traffic takes at this bandwidth: reads and writes back to back."""
+        return (read_bytes / self.read_gbps + write_bytes / self.write_gbps) / 1e9 * 1e3
+
+    def record(self) -> Dict[str, object]:
+        """The fields a result file's config records."""
+        return {"read_gbps": self.read_gbps, "write_gbps": self.write_gbps, "bandwidth_source": self.source}
+
+    def describe(self) -> str:
+        return f"read {self.read_gbps:.1f} GB/s, write {self.write_gbps:.1f} GB/s ({self.source})"
+
+
+def measure_bandwidth(device: torch.device, nbytes: int = 512 * 2**20, reps: int = 9) -> Bandwidth:
+    """The best read and write bandwidth this process reaches on ``device`` with its current thread
+    count. Read: the faster of ``sum`` over the buffer (one stream per thread) and ``dot`` of its two
+    halves (two streams per thread, as most ops read: more streams in flight reach more of the
+    memory system). Write: ``fill_`` of the reused, already faulted-in buffer.
+
+    A floor must be a bound the op cannot beat, so the best repeat is kept, not the median; the
+    machine's bandwidth still drifts with its neighbours, so an op can land slightly below a floor
+    measured a minute earlier.
+    """
+    fixed = os.environ.get(BANDWIDTH_ENV)
+    if fixed:
+        return Bandwidth(float(fixed), float(fixed), BANDWIDTH_ENV)
+    buf = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    a, b = buf.chunk(2)
+    probes = (("read", lambda: buf.sum()), ("read", lambda: torch.dot(a, b)), ("write", lambda: buf.fill_(1.0)))
+    best: Dict[str, float] = {}
+    for name, fn in probes:
+        fn()
+        sync(device)
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times.append(time.perf_counter() - t0)
+        best[name] = max(best.get(name, 0.0), nbytes / min(times) / 1e9)
+    del a, b, buf
+    return Bandwidth(best["read"], best["write"],
+                     f"measured: {nbytes >> 20} MB sum or dot / fill_, best of {reps}, {torch.get_num_threads()} threads")
 
 
 def sync(device: torch.device) -> None:
@@ -41,6 +95,30 @@ def time_fn(fn: Callable[[], object], device: torch.device, warmup: int = 2, rep
     times.sort()
     q = lambda f: times[min(len(times) - 1, int(round(f * (len(times) - 1))))]  # noqa: E731
     return {"median_ms": q(0.5), "p20_ms": q(0.2), "p80_ms": q(0.8)}
+
+
+def time_interleaved(fns: Dict[str, Callable[[], object]], device: torch.device, warmup: int = 2,
+                     reps: int = 7) -> Dict[str, Dict[str, float]]:
+    """:func:`time_fn` for several implementations at once, their repeats interleaved (a, b, c, a,
+    b, c, ...), so that a change in the machine's state (a neighbour taking memory bandwidth, the
+    clock) falls on all of them alike and their ratio stays meaningful."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    sync(device)
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    out = {}
+    for name, ts in times.items():
+        ts.sort()
+        q = lambda f: ts[min(len(ts) - 1, int(round(f * (len(ts) - 1))))]  # noqa: E731
+        out[name] = {"median_ms": q(0.5), "p20_ms": q(0.2), "p80_ms": q(0.8)}
+    return out
 
 
 def peak_extra_memory_mb(fn: Callable[[], object], device: torch.device) -> float:

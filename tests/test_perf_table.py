@@ -107,3 +107,27 @@ def test_peer_columns_ratios_and_reasons(tmp_path):
     table = pt.build_table(pt.load_results(str(tmp_path)), str(tmp_path))
     assert "| Liger |" in table.splitlines()[0]
     assert "2.0x slower than Liger" in table
+
+
+def test_kd_loss_floor_is_the_larger_of_bytes_and_arithmetic(tmp_path):
+    pt = _module()
+    case = {"N": 2048, "dtype": "float32", "mask": "100%"}
+    recs = [dict(case, impl="eager", median_ms=100.0),
+            dict(case, impl="fused", median_ms=20.0, floor_ms=5.0, compute_floor_ms=16.0)]
+    bf = {"N": 2048, "dtype": "bfloat16", "mask": "100%"}
+    recs += [dict(bf, impl="eager", median_ms=90.0),
+             dict(bf, impl="fused", median_ms=30.0, floor_ms=10.0, compute_floor_ms=float("nan"))]
+    path = tmp_path / "kd_loss-cpu-20260101-000000.json"
+    with open(path, "w") as f:
+        json.dump({"op": "kd_loss", "environment": {"device_type": "cpu", "threads": 2, "commit": "abc"},
+                   "config": {"read_gbps": 40.0, "write_gbps": 36.0, "bandwidth_source": "measured: test"},
+                   "records": recs}, f)
+    table = pt.build_table(pt.load_results(str(tmp_path)), str(tmp_path))
+
+    def tail(prefix):
+        row = next(ln for ln in table.splitlines() if ln.startswith("| " + prefix))
+        return [c.strip() for c in row.strip("|").split("|")][-2:]
+
+    assert tail("kd_loss fwd+bwd, N=2048, V=50257, fp32") == ["16 ms", "1.25x"]  # arithmetic-bound
+    assert tail("kd_loss fwd+bwd, N=2048, V=50257, bf16") == ["10 ms", "3.00x"]  # no compute floor: bytes
+    assert "floor at 40.0 GB/s read / 36.0 GB/s write (measured)" in table

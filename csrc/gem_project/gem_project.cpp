@@ -316,36 +316,64 @@ inline float hsum8(__m256 v) {
 // Pass 0 for fp32 at BLAS speed: per memory i, d_i = G_i . g and S_i = |G_i| . |g| in fp32 FMA
 // chains over sub-blocks of kSub columns (128 FMAs per lane, then a horizontal sum and at most
 // 7 tail terms: within kF32Chain roundings), each sub-block's fp32 partial added in fp64, over
-// the same deterministic kBlock partials as the fp64 pass. out: t dots, t abs-sums, and the
-// number of fp64-summed partials. The g chunk (4 KB) stays in L1 across the t rows.
+// the same deterministic kBlock partials as the fp64 pass. Up to kRows memories are walked
+// together: g's vector is loaded once for all of them and their 2 * kRows accumulator chains are
+// independent, so the loop is bound by the memory streams rather than by the FMA latency of one
+// chain (the order of every chain's additions is the same as one row at a time). out: t dots,
+// t abs-sums, and the number of fp64-summed partials.
+constexpr int kRows = 4;
+
+template <int R>
+inline void dots_f32_rows(const float* gc, const float* const* rows, int64_t m, float* ds, float* ss) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 acc[R], abs_acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = abs_acc[r] = _mm256_setzero_ps();
+  const int64_t m8 = m / 8 * 8;
+  for (int64_t k = 0; k < m8; k += 8) {
+    const __m256 x = _mm256_loadu_ps(gc + k), ax = _mm256_andnot_ps(sign, x);
+    for (int r = 0; r < R; ++r) {
+      const __m256 y = _mm256_loadu_ps(rows[r] + k);
+      acc[r] = _mm256_fmadd_ps(x, y, acc[r]);
+      abs_acc[r] = _mm256_fmadd_ps(ax, _mm256_andnot_ps(sign, y), abs_acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    float d = hsum8(acc[r]), s = hsum8(abs_acc[r]);
+    for (int64_t k = m8; k < m; ++k) {
+      d = std::fma(gc[k], rows[r][k], d);
+      s = std::fma(std::fabs(gc[k]), std::fabs(rows[r][k]), s);
+    }
+    ds[r] = d;
+    ss[r] = s;
+  }
+}
+
 void dots_f32_cpu(const float* G, const float* g, int t, int64_t P, double* d, double* S, double* nparts) {
   constexpr int64_t kSub = 1024;
   static_assert(kSub / 8 + 3 + 7 + 2 <= kF32Chain, "fp32 chain longer than the error bound assumes");
   const int64_t nblocks = (P + kBlock - 1) / kBlock;
   std::vector<double> partial(static_cast<size_t>(std::max<int64_t>(nblocks, 1) * 2 * t), 0.0);
   at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
-    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const float* rows[kRows];
+    float ds[kRows], ss[kRows];
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t begin = b * kBlock, end = std::min(P, begin + kBlock);
       double* out = partial.data() + b * 2 * t;
       for (int64_t c0 = begin; c0 < end; c0 += kSub) {
-        const int64_t m = std::min(kSub, end - c0), m8 = m / 8 * 8;
-        const float* gc = g + c0;
-        for (int i = 0; i < t; ++i) {
-          const float* row = G + static_cast<int64_t>(i) * P + c0;
-          __m256 acc = _mm256_setzero_ps(), abs_acc = _mm256_setzero_ps();
-          for (int64_t k = 0; k < m8; k += 8) {
-            const __m256 x = _mm256_loadu_ps(gc + k), y = _mm256_loadu_ps(row + k);
-            acc = _mm256_fmadd_ps(x, y, acc);
-            abs_acc = _mm256_fmadd_ps(_mm256_andnot_ps(sign, x), _mm256_andnot_ps(sign, y), abs_acc);
+        const int64_t m = std::min(kSub, end - c0);
+        for (int i0 = 0; i0 < t; i0 += kRows) {
+          const int R = std::min(kRows, t - i0);
+          for (int r = 0; r < R; ++r) rows[r] = G + static_cast<int64_t>(i0 + r) * P + c0;
+          switch (R) {
+            case 4: dots_f32_rows<4>(g + c0, rows, m, ds, ss); break;
+            case 3: dots_f32_rows<3>(g + c0, rows, m, ds, ss); break;
+            case 2: dots_f32_rows<2>(g + c0, rows, m, ds, ss); break;
+            default: dots_f32_rows<1>(g + c0, rows, m, ds, ss); break;
           }
-          float ds = hsum8(acc), ss = hsum8(abs_acc);
-          for (int64_t k = m8; k < m; ++k) {
-            ds = std::fma(gc[k], row[k], ds);
-            ss = std::fma(std::fabs(gc[k]), std::fabs(row[k]), ss);
+          for (int r = 0; r < R; ++r) {
+            out[i0 + r] += static_cast<double>(ds[r]);
+            out[t + i0 + r] += static_cast<double>(ss[r]);
           }
-          out[i] += static_cast<double>(ds);
-          out[t + i] += static_cast<double>(ss);
         }
       }
     }

@@ -154,7 +154,7 @@ def test_kkt_and_constraint_after_projection(margin, eps):
 
 # ----------------------------------------------------------------------------- compiled vs ref fp32
 @needs_compiled
-@pytest.mark.parametrize("t", [1, 2, 4, 8])
+@pytest.mark.parametrize("t", [1, 2, 3, 4, 5, 6, 7, 8])
 @pytest.mark.parametrize("P", [1, 7, 1000, 100003])
 def test_compiled_matches_ref_fp32(t, P):
     grad, mem = violated_case(t, P, seed=3 * t + P)
@@ -165,6 +165,24 @@ def test_compiled_matches_ref_fp32(t, P):
     if P == 1000:
         x_qp, _ = quadprog_original(grad, mem)
         assert rel_err(out, x_qp) < 1e-6
+
+
+@needs_compiled
+@pytest.mark.parametrize("t", [1, 3, 5, 6, 7, 9])
+def test_check_finds_the_one_violated_memory(t):
+    """The fp32 check walks the memories in groups: whichever single memory conflicts with g
+    (first, last, in a partial group) is found, and with none conflicting g is returned as is."""
+    P = 65536 + 1029  # two deterministic blocks, a partial sub-block and a tail
+    gen = torch.Generator().manual_seed(11 + t)
+    g = torch.rand(P, generator=gen) + 0.1
+    base = torch.rand(t, P, generator=gen)  # every dot positive
+    assert torch.equal(gem_project(g, base), g)
+    for j in range(t):
+        mem = base.clone()
+        mem[j] = -mem[j]
+        out = gem_project(g, mem)
+        assert not torch.equal(out, g), j
+        assert rel_err(out, gem_project_ref(g, mem)) < 1e-6, j
 
 
 @needs_compiled
