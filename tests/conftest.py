@@ -1,6 +1,10 @@
 """Shared fixtures: the real GPT-2 tokenizer with LAMOL's tokens, a tiny GPT-2, the bundled data."""
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
+
 import pytest
 import torch
 
@@ -35,3 +39,18 @@ def tiny_model():
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=50261, n_layer=2, n_head=2, n_embd=32, n_positions=128)
     return GPT2LMHeadModel(cfg)
+
+
+@pytest.fixture
+def load_benchmark():
+    """Import a file of ``benchmarks/`` (a folder of scripts, not a package) by name."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(root, "benchmarks", f"{name}.py"))
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod  # dataclasses look their module up there
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

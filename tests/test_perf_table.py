@@ -1,26 +1,16 @@
 """The README's performance table is what benchmarks/perf_table.py makes of the committed results."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("perf_table", os.path.join(ROOT, "benchmarks", "perf_table.py"))
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_readme_table_matches_committed_results():
-    pt = _module()
+def test_readme_table_matches_committed_results(load_benchmark):
+    pt = load_benchmark("perf_table")
     ref_dir = os.path.join(ROOT, "benchmarks", "reference")
     table = pt.build_table(pt.load_results(ref_dir), ref_dir)
     with open(os.path.join(ROOT, "README.md")) as f:
@@ -37,8 +27,8 @@ def _write(path, op, records, commit="abc"):
                    "records": records}, f)
 
 
-def test_rows_come_from_the_newest_file_that_has_them(tmp_path):
-    pt = _module()
+def test_rows_come_from_the_newest_file_that_has_them(load_benchmark, tmp_path):
+    pt = load_benchmark("perf_table")
     full = [{"impl": "eager", "N": 2048, "dtype": "float32", "mask": "100%", "median_ms": 100.0},
             {"impl": "fused", "N": 2048, "dtype": "float32", "mask": "100%", "median_ms": 20.0, "floor_ms": 10.0}]
     _write(tmp_path / "kd_loss-cpu-20260101-000000.json", "kd_loss", full, commit="old")
@@ -60,8 +50,8 @@ def test_rows_come_from_the_newest_file_that_has_them(tmp_path):
     assert "| 100 ms |  | 10 ms | 10.0x faster |" in table
 
 
-def test_replace_block_and_bad_inputs(tmp_path):
-    pt = _module()
+def test_replace_block_and_bad_inputs(load_benchmark, tmp_path):
+    pt = load_benchmark("perf_table")
     text = f"intro\n{pt.BEGIN}\nold\n{pt.END}\nrest\n"
     assert pt.replace_block(text, "NEW", "R") == f"intro\n{pt.BEGIN}\nNEW\n{pt.END}\nrest\n"
     with pytest.raises(SystemExit, match="no '<!-- perf-table:begin -->'"):
@@ -71,8 +61,8 @@ def test_replace_block_and_bad_inputs(tmp_path):
         pt.load_results(str(tmp_path))
 
 
-def test_peer_columns_ratios_and_reasons(tmp_path):
-    pt = _module()
+def test_peer_columns_ratios_and_reasons(load_benchmark, tmp_path):
+    pt = load_benchmark("perf_table")
     case = {"N": 2048, "dtype": "float32", "mask": "100%"}
     recs = [dict(case, impl="eager", median_ms=100.0), dict(case, impl="fused", median_ms=20.0, floor_ms=10.0),
             dict(case, impl="torch_compile", median_ms=50.0),
@@ -109,8 +99,8 @@ def test_peer_columns_ratios_and_reasons(tmp_path):
     assert "2.0x slower than Liger" in table
 
 
-def test_kd_loss_floor_is_the_larger_of_bytes_and_arithmetic(tmp_path):
-    pt = _module()
+def test_kd_loss_floor_is_the_larger_of_bytes_and_arithmetic(load_benchmark, tmp_path):
+    pt = load_benchmark("perf_table")
     case = {"N": 2048, "dtype": "float32", "mask": "100%"}
     recs = [dict(case, impl="eager", median_ms=100.0),
             dict(case, impl="fused", median_ms=20.0, floor_ms=5.0, compute_floor_ms=16.0)]
