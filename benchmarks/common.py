@@ -157,6 +157,11 @@ def environment(device: torch.device) -> Dict[str, object]:
         commit = subprocess.check_output(["git", "rev-parse", "HEAD"], stderr=subprocess.DEVNULL, text=True).strip()
     except Exception:
         commit = "unknown"
+    try:  # measured on uncommitted changes to tracked files: the commit alone does not say what ran
+        dirty = bool(subprocess.check_output(["git", "status", "--porcelain", "--untracked-files=no"],
+                                             stderr=subprocess.DEVNULL, text=True).strip())
+    except Exception:
+        dirty = None
     info: Dict[str, object] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "device_type": device.type,
@@ -165,6 +170,7 @@ def environment(device: torch.device) -> Dict[str, object]:
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "commit": commit,
+        "uncommitted_changes": dirty,
         "python": platform.python_version(),
     }
     try:

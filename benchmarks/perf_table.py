@@ -243,7 +243,9 @@ def build_table(by_op: Dict[str, List[Tuple[str, dict]]], results_dir: str) -> s
     for name, env in sorted(sources.items()):
         lines.append(f"- `{rel}/{name}`: {env.get('device_type', '?')} {env.get('device', '')}, "
                      f"{env.get('threads', '?')} threads, torch {env.get('torch', '?')}, "
-                     f"commit {str(env.get('commit', '?'))[:10]}{_floor_bandwidth(env['_config'])}")
+                     f"commit {str(env.get('commit', '?'))[:10]}"
+                     f"{' + uncommitted changes' if env.get('uncommitted_changes') else ''}"
+                     f"{_floor_bandwidth(env['_config'])}")
     if missing:
         lines.append(f"- no results yet for: {'; '.join(missing)}")
     return "\n".join(lines)

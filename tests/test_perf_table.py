@@ -109,7 +109,8 @@ def test_kd_loss_floor_is_the_larger_of_bytes_and_arithmetic(load_benchmark, tmp
              dict(bf, impl="fused", median_ms=30.0, floor_ms=10.0, compute_floor_ms=float("nan"))]
     path = tmp_path / "kd_loss-cpu-20260101-000000.json"
     with open(path, "w") as f:
-        json.dump({"op": "kd_loss", "environment": {"device_type": "cpu", "threads": 2, "commit": "abc"},
+        json.dump({"op": "kd_loss", "environment": {"device_type": "cpu", "threads": 2, "commit": "abc",
+                                                    "uncommitted_changes": True},
                    "config": {"read_gbps": 40.0, "write_gbps": 36.0, "bandwidth_source": "measured: test"},
                    "records": recs}, f)
     table = pt.build_table(pt.load_results(str(tmp_path)), str(tmp_path))
@@ -120,4 +121,4 @@ def test_kd_loss_floor_is_the_larger_of_bytes_and_arithmetic(load_benchmark, tmp
 
     assert tail("kd_loss fwd+bwd, N=2048, V=50257, fp32") == ["16 ms", "1.25x"]  # arithmetic-bound
     assert tail("kd_loss fwd+bwd, N=2048, V=50257, bf16") == ["10 ms", "3.00x"]  # no compute floor: bytes
-    assert "floor at 40.0 GB/s read / 36.0 GB/s write (measured)" in table
+    assert "commit abc + uncommitted changes, floor at 40.0 GB/s read / 36.0 GB/s write (measured)" in table
