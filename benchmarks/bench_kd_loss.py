@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from typing import Dict, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,14 +68,9 @@ def compute_floor_ms(s: torch.Tensor, t: torch.Tensor, n_sel: int, device: torch
         return float("nan")
     s_c, t_c = s[:rows].contiguous(), t[:rows].contiguous()
     op = torch.ops.l2kd.kd_loss
-    for _ in range(3):
-        op(s_c, t_c, None, TEMPERATURE, False)
-    best = float("inf")
-    for _ in range(31):  # a floor: the fastest repeat, not the median (neighbours only slow it down)
-        t0 = time.perf_counter()
-        op(s_c, t_c, None, TEMPERATURE, False)
-        best = min(best, time.perf_counter() - t0)
-    return best * 1e3 * n_sel / s_c.shape[0]
+    # a floor: the fastest repeat, not the median (neighbours only slow it down)
+    tm = time_fn(lambda: op(s_c, t_c, None, TEMPERATURE, False), device, warmup=3, reps=31)
+    return tm["min_ms"] * n_sel / s_c.shape[0]
 
 
 def bench_case(N: int, V: int, dtype: torch.dtype, mask_frac: float, device: torch.device,

@@ -61,15 +61,8 @@ def measure_bandwidth(device: torch.device, nbytes: int = 512 * 2**20, reps: int
     probes = (("read", lambda: buf.sum()), ("read", lambda: torch.dot(a, b)), ("write", lambda: buf.fill_(1.0)))
     best: Dict[str, float] = {}
     for name, fn in probes:
-        fn()
-        sync(device)
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            times.append(time.perf_counter() - t0)
-        best[name] = max(best.get(name, 0.0), nbytes / min(times) / 1e9)
+        fastest_s = time_fn(fn, device, warmup=1, reps=reps)["min_ms"] / 1e3
+        best[name] = max(best.get(name, 0.0), nbytes / fastest_s / 1e9)
     del a, b, buf
     return Bandwidth(best["read"], best["write"],
                      f"measured: {nbytes >> 20} MB sum or dot / fill_, best of {reps}, {torch.get_num_threads()} threads")
@@ -81,27 +74,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_fn(fn: Callable[[], object], device: torch.device, warmup: int = 2, reps: int = 7) -> Dict[str, float]:
-    """Median, p20 and p80 wall time in milliseconds of ``fn()`` after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times: List[float] = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    q = lambda f: times[min(len(times) - 1, int(round(f * (len(times) - 1))))]  # noqa: E731
-    return {"median_ms": q(0.5), "p20_ms": q(0.2), "p80_ms": q(0.8)}
+def _summary(times_ms: List[float]) -> Dict[str, float]:
+    ts = sorted(times_ms)
+    q = lambda f: ts[min(len(ts) - 1, int(round(f * (len(ts) - 1))))]  # noqa: E731
+    return {"median_ms": q(0.5), "p20_ms": q(0.2), "p80_ms": q(0.8), "min_ms": ts[0]}
 
 
 def time_interleaved(fns: Dict[str, Callable[[], object]], device: torch.device, warmup: int = 2,
                      reps: int = 7) -> Dict[str, Dict[str, float]]:
-    """:func:`time_fn` for several implementations at once, their repeats interleaved (a, b, c, a,
-    b, c, ...), so that a change in the machine's state (a neighbour taking memory bandwidth, the
-    clock) falls on all of them alike and their ratio stays meaningful."""
+    """Median, p20, p80 and fastest wall time in milliseconds of each ``fns`` entry after ``warmup``
+    rounds, their repeats interleaved (a, b, c, a, b, c, ...), so that a change in the machine's
+    state (a neighbour taking memory bandwidth, the clock) falls on all of them alike and their
+    ratio stays meaningful."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -113,12 +97,12 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], device: torch.device,
             fn()
             sync(device)
             times[name].append((time.perf_counter() - t0) * 1e3)
-    out = {}
-    for name, ts in times.items():
-        ts.sort()
-        q = lambda f: ts[min(len(ts) - 1, int(round(f * (len(ts) - 1))))]  # noqa: E731
-        out[name] = {"median_ms": q(0.5), "p20_ms": q(0.2), "p80_ms": q(0.8)}
-    return out
+    return {name: _summary(ts) for name, ts in times.items()}
+
+
+def time_fn(fn: Callable[[], object], device: torch.device, warmup: int = 2, reps: int = 7) -> Dict[str, float]:
+    """Median, p20, p80 and fastest wall time in milliseconds of ``fn()`` after ``warmup`` calls."""
+    return time_interleaved({"fn": fn}, device, warmup, reps)["fn"]
 
 
 def peak_extra_memory_mb(fn: Callable[[], object], device: torch.device) -> float:

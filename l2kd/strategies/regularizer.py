@@ -111,7 +111,7 @@ def penalty_strength(omega: Dict[str, torch.Tensor], lr: float, reg_lambda: floa
     the fraction of its distance to the anchor the most important weight loses per step at the
     peak learning rate (the step is ``p -= 2 lr lambda Omega (p - anchor)``)."""
     n = sum(w.numel() for w in omega.values())
-    mean = float(sum(w.double().sum() for w in omega.values()) / max(n, 1))
+    mean = float(sum(w.sum(dtype=torch.float64) for w in omega.values()) / max(n, 1))
     top = max((float(w.max()) for w in omega.values() if w.numel()), default=0.0)
     return {"mean": mean, "max": top, "max_pull": 2.0 * lr * reg_lambda * top}
 
