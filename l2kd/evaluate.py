@@ -54,13 +54,16 @@ def test_batch_size(device: torch.device, requested: int) -> int:
 
 @torch.no_grad()
 def predict(model, tok, examples: Sequence[Encoded], eos_id: int, pad_id: int, sampling: SamplingConfig,
-            generator: Optional[torch.Generator], max_len: int, batch_size: int) -> List[str]:
+            generator: Optional[torch.Generator], max_len: int, batch_size: int, task: Optional[str] = None
+            ) -> List[str]:
     """Decoded answers for ``examples`` (the test prompt ``c [sep] q __ans__``, no generation
-    token, as the original), each at most :func:`answer_limits` tokens long."""
+    token, as the original), each at most :func:`answer_limits` tokens long; ``task`` names the
+    work if decoding fails."""
     limits = answer_limits(examples, max_len)
     was_training = model.training
     model.eval()
-    outs = generate(model, [ex.prompt for ex in examples], limits, eos_id, pad_id, sampling, generator, batch_size)
+    outs = generate(model, [ex.prompt for ex in examples], limits, eos_id, pad_id, sampling, generator, batch_size,
+                    task=task)
     model.train(was_training)
     return [tok.decode(o).strip() for o in outs]
 
@@ -93,7 +96,7 @@ def evaluate_task(model, tok, ids, cfg: TrainConfig, task: str, examples: Sequen
     """Metrics of ``model`` on ``examples`` of ``task`` (and the qa csv when ``csv_path`` is given)."""
     device = next(model.parameters()).device
     preds = predict(model, tok, examples, ids.eos, ids.pad, cfg.qa_sampling, generator, context_length(model),
-                    test_batch_size(device, cfg.test_batch_size))
+                    test_batch_size(device, cfg.test_batch_size), task=f"test {task}")
     golds = [ex.golds for ex in examples]
     extra = None
     spec = get_task(task)

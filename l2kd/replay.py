@@ -100,7 +100,7 @@ def _make_or_read(model, tok, ids: SpecialIds, prev_tasks: Sequence[str], n_tota
              ", ".join(prev_tasks), max_len - 1, lm_csv_path)
     with progress("pseudo-samples", quiet):
         new = generate(model, prompts, [max_len - 1] * len(prompts), ids.eos, ids.pad, sampling, generator,
-                       batch_size=batch_size)
+                       batch_size=batch_size, task=f"pseudo-samples of {', '.join(prev_tasks)}")
     model.train(was_training)
     seqs = [p + n for p, n in zip(prompts, new)]
     atomic_write_text(ids_path, json.dumps({"ids": seqs, "generator_state": generator.get_state().tolist()}))
