@@ -9,6 +9,7 @@ import os
 import random
 import sys
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Tuple
 
 import numpy as np
@@ -35,20 +36,58 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass(frozen=True)
+class PrecisionPolicy:
+    """How the training step computes: ``fp32``, ``bf16`` autocast, or ``fp16`` autocast with
+    loss scaling; ``reason`` says why (logged, recorded by benchmarks)."""
+
+    mode: str  # "fp32" | "bf16" | "fp16"
+    device_type: str
+    reason: str
+
+    def autocast(self) -> Callable[[], object]:
+        """A factory of the autocast context of one forward (``nullcontext`` in fp32)."""
+        if self.mode == "fp32":
+            return nullcontext
+        dtype = torch.bfloat16 if self.mode == "bf16" else torch.float16
+        return lambda: torch.autocast(self.device_type, dtype=dtype)
+
+    def scaler(self) -> Optional[torch.amp.GradScaler]:
+        """A grad scaler for fp16 (its range needs loss scaling), None otherwise."""
+        return torch.amp.GradScaler(self.device_type) if self.mode == "fp16" else None
+
+
+def precision_policy(device: torch.device, fp32: bool, bf16_cpu: bool,
+                     capability: Optional[Tuple[int, int]] = None) -> PrecisionPolicy:
+    """The precision of the training step on ``device``.
+
+    CUDA, chosen by compute capability (``capability``; None: asked from the device):
+    8.0 and newer (Ampere, Hopper, ...) bf16 autocast, with fp32's range and no loss scaling;
+    7.x (Volta, Turing: the V100 and RTX 2080 Ti) fp16 autocast with a grad scaler, since bf16
+    there is emulated and slower than fp32; older cards fp32 (no tensor cores: mixed precision
+    would not pay). ``fp32`` (``--fp32``) wins everywhere. CPU: fp32 unless ``bf16_cpu``.
+    """
+    if fp32:
+        return PrecisionPolicy("fp32", device.type, "--fp32")
+    if device.type == "cuda":
+        major, minor = capability if capability is not None else torch.cuda.get_device_capability(device)
+        sm = f"compute capability {major}.{minor}"
+        if major >= 8:
+            return PrecisionPolicy("bf16", "cuda", f"{sm}: bf16 tensor cores")
+        if major == 7:
+            return PrecisionPolicy("fp16", "cuda", f"{sm}: fp16 tensor cores, no native bf16; loss scaling")
+        return PrecisionPolicy("fp32", "cuda", f"{sm}: no tensor cores, mixed precision would not pay")
+    if device.type == "cpu" and bf16_cpu:
+        return PrecisionPolicy("bf16", "cpu", "--bf16_cpu")
+    return PrecisionPolicy("fp32", device.type, "default on this device")
+
+
 def precision_context(device: torch.device, fp32: bool, bf16_cpu: bool
                       ) -> Tuple[Callable[[], object], Optional[torch.amp.GradScaler]]:
-    """(autocast context factory, GradScaler or None).
-
-    CUDA: bf16 autocast where supported, else fp16 with a grad scaler, unless ``fp32``.
-    CPU: fp32 unless ``bf16_cpu`` (bf16 autocast, no scaler).
-    """
-    if device.type == "cuda" and not fp32:
-        if torch.cuda.is_bf16_supported():
-            return (lambda: torch.autocast("cuda", dtype=torch.bfloat16)), None
-        return (lambda: torch.autocast("cuda", dtype=torch.float16)), torch.amp.GradScaler("cuda")
-    if device.type == "cpu" and bf16_cpu:
-        return (lambda: torch.autocast("cpu", dtype=torch.bfloat16)), None
-    return nullcontext, None
+    """(autocast context factory, GradScaler or None) of :func:`precision_policy`."""
+    policy = precision_policy(device, fp32, bf16_cpu)
+    log.debug("precision: %s (%s)", policy.mode, policy.reason)
+    return policy.autocast(), policy.scaler()
 
 
 def is_secondary_rank() -> bool:

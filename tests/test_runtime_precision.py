@@ -1,0 +1,64 @@
+"""The precision policy: bf16 from compute capability 8.0, fp16 with loss scaling on Volta/Turing,
+fp32 on older cards, with --fp32, and on CPU unless --bf16_cpu. The device capability is mocked,
+so every branch runs on a machine without a GPU."""
+from __future__ import annotations
+
+import warnings
+from contextlib import nullcontext
+
+import pytest
+import torch
+
+from l2kd import runtime
+from l2kd.runtime import precision_context, precision_policy
+
+CUDA = torch.device("cuda")
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("capability, mode", [((9, 0), "bf16"), ((8, 0), "bf16"), ((8, 6), "bf16"),
+                                              ((7, 0), "fp16"), ((7, 5), "fp16"), ((6, 1), "fp32")])
+def test_cuda_mode_follows_compute_capability(capability, mode):
+    policy = precision_policy(CUDA, fp32=False, bf16_cpu=False, capability=capability)
+    assert policy.mode == mode and policy.device_type == "cuda"
+    assert f"{capability[0]}.{capability[1]}" in policy.reason
+
+
+def test_fp32_flag_wins_on_every_device():
+    for dev, cap in ((CUDA, (9, 0)), (CUDA, (7, 5)), (CPU, None)):
+        policy = precision_policy(dev, fp32=True, bf16_cpu=True, capability=cap)
+        assert policy.mode == "fp32" and policy.autocast() is nullcontext and policy.scaler() is None
+
+
+def test_cpu_is_fp32_unless_bf16_cpu():
+    assert precision_policy(CPU, False, False).mode == "fp32"
+    policy = precision_policy(CPU, False, True)
+    assert policy.mode == "bf16" and policy.scaler() is None
+    with policy.autocast()():
+        y = torch.nn.Linear(4, 4)(torch.ones(2, 4))
+    assert y.dtype == torch.bfloat16
+
+
+def test_fp16_gets_a_grad_scaler_and_bf16_none():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # GradScaler("cuda") warns and disables itself without CUDA
+        fp16 = precision_policy(CUDA, False, False, capability=(7, 5))
+        assert isinstance(fp16.scaler(), torch.amp.GradScaler)
+        ctx = fp16.autocast()()
+    assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.float16
+    bf16 = precision_policy(CUDA, False, False, capability=(9, 0))
+    assert bf16.scaler() is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert bf16.autocast()().fast_dtype == torch.bfloat16
+
+
+def test_precision_context_asks_the_device(monkeypatch):
+    """The loop's entry point reads the capability from torch (Volta here: fp16 and a scaler)."""
+    monkeypatch.setattr(runtime.torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        factory, scaler = precision_context(CUDA, fp32=False, bf16_cpu=False)
+        assert scaler is not None and factory().fast_dtype == torch.float16
+    factory, scaler = precision_context(CUDA, fp32=True, bf16_cpu=False)
+    assert factory is nullcontext and scaler is None
