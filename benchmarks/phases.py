@@ -11,6 +11,9 @@ Peak RSS: Linux's resident-set high-water mark (``VmHWM``) is reset when a phase
 (``/proc/self/clear_refs``) and read when it ends; the mark seen before a reset is credited to
 every enclosing phase first, so nesting loses nothing. Where the mark cannot be reset the figure
 is the process's peak so far (an upper bound).
+
+:class:`StepSplit` splits the training step itself (batch, forward, backward, optimizer, and the
+step logging), with CUDA events on a GPU and the wall clock on CPU.
 """
 from __future__ import annotations
 
@@ -145,3 +148,147 @@ class PhaseRecorder:
         rep = self.report(total_seconds)
         name = max(rep, key=lambda k: rep[k]["seconds"])
         return name, rep[name]["seconds"]
+
+
+# --- the split of a training step -------------------------------------------------------------
+
+SECTIONS = ("batch", "forward", "backward", "optimizer")
+
+
+class StepSplit:
+    """Splits each training step at four marks: the step starts, the strategy's loss starts
+    (``batch``: the batch collated and copied before it), the loss returns (``forward``),
+    backward returns (``backward``: the non-finite check and ``zero_grad`` before it included),
+    the step returns (``optimizer``: clipping, the optimizer, the schedule, the values read
+    back). ``logging`` is the time of the loop's step-logging calls, outside the steps.
+
+    Host time is ``clock`` at each mark. On a GPU each mark also records a CUDA event, read
+    only by :meth:`report` (one synchronisation at the end), so the split costs the step no
+    synchronisation: device time of a section is the time between its events on the stream.
+    A step that does not reach every mark (a skipped non-finite step) is left out.
+    """
+
+    def __init__(self, cuda: bool = False, clock: Callable[[], float] = time.perf_counter,
+                 event: Optional[Callable[[], Any]] = None) -> None:
+        self.cuda = cuda
+        self.clock = clock
+        self._event = event
+        self.steps: List[Dict[str, Tuple[float, Any]]] = []
+        self.logging: List[Tuple[float, float, Any, Any]] = []
+        self._open: Optional[Dict[str, Tuple[float, Any]]] = None
+        self._depth = 0  # nested loss calls (a wrapper strategy calling its base): only the outermost marks
+
+    def _stamp(self) -> Tuple[float, Any]:
+        ev = None
+        if self.cuda:
+            ev = self._event() if self._event else _cuda_event()
+            ev.record()
+        return self.clock(), ev
+
+    def mark(self, name: str, last: bool = False) -> None:
+        """Record mark ``name`` in the open step (ignored outside a step, and inside the loss); the
+        first one counts, or with ``last`` the latest (a step may run backward more than once)."""
+        if self._open is not None and self._depth == 0 and (last or name not in self._open):
+            self._open[name] = self._stamp()
+
+    @contextlib.contextmanager
+    def step(self) -> Iterator[None]:
+        self._open = {"start": self._stamp()}
+        try:
+            yield
+        finally:
+            self._open["end"] = self._stamp()
+            if all(k in self._open for k in ("forward_start", "forward_end", "backward_end")):
+                self.steps.append(self._open)
+            self._open = None
+
+    @contextlib.contextmanager
+    def loss(self) -> Iterator[None]:
+        self.mark("forward_start")
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            self.mark("forward_end")
+
+    @contextlib.contextmanager
+    def log_call(self) -> Iterator[None]:
+        t0, e0 = self._stamp()
+        try:
+            yield
+        finally:
+            t1, e1 = self._stamp()
+            self.logging.append((t0, t1, e0, e1))
+
+    def report(self) -> Dict[str, Dict[str, float]]:
+        """Per section: total and mean milliseconds per step, host and (on a GPU) device."""
+        bounds = {"batch": ("start", "forward_start"), "forward": ("forward_start", "forward_end"),
+                  "backward": ("forward_end", "backward_end"), "optimizer": ("backward_end", "end")}
+        if self.cuda:
+            _cuda_sync()
+        n = len(self.steps)
+        out: Dict[str, Dict[str, float]] = {}
+        for name, (a, b) in bounds.items():
+            host = sum(s[b][0] - s[a][0] for s in self.steps) * 1e3
+            row = {"steps": n, "host_ms": host, "host_ms_per_step": host / n if n else None}
+            if self.cuda:
+                dev = sum(s[a][1].elapsed_time(s[b][1]) for s in self.steps)
+                row.update(device_ms=dev, device_ms_per_step=dev / n if n else None)
+            out[name] = row
+        host = sum(t1 - t0 for t0, t1, _, _ in self.logging) * 1e3
+        row = {"steps": len(self.logging), "host_ms": host,
+               "host_ms_per_step": host / len(self.logging) if self.logging else None}
+        if self.cuda:
+            dev = sum(e0.elapsed_time(e1) for _, _, e0, e1 in self.logging)
+            row.update(device_ms=dev, device_ms_per_step=dev / len(self.logging) if self.logging else None)
+        out["logging"] = row
+        return out
+
+
+def _cuda_event():
+    import torch
+
+    return torch.cuda.Event(enable_timing=True)
+
+
+def _cuda_sync() -> None:
+    import torch
+
+    torch.cuda.synchronize()
+
+
+@contextlib.contextmanager
+def patched(owner: Any, attr: str, make: Callable[[Callable], Callable]) -> Iterator[bool]:
+    """Replace ``owner.attr`` by ``make(original)`` for the block; yields False (and patches
+    nothing) when ``owner`` has no such attribute, so a benchmark survives a renamed function."""
+    if not hasattr(owner, attr):
+        yield False
+        return
+    original = getattr(owner, attr)
+    setattr(owner, attr, make(original))
+    try:
+        yield True
+    finally:
+        setattr(owner, attr, original)
+
+
+def around(enter: Callable[[], contextlib.AbstractContextManager]) -> Callable[[Callable], Callable]:
+    """``make`` for :func:`patched`: run the original inside ``enter()``."""
+    def make(original: Callable) -> Callable:
+        def wrapped(*args, **kwargs):
+            with enter():
+                return original(*args, **kwargs)
+        return wrapped
+    return make
+
+
+def after(fn: Callable[[], None]) -> Callable[[Callable], Callable]:
+    """``make`` for :func:`patched`: call ``fn()`` once the original returns."""
+    def make(original: Callable) -> Callable:
+        def wrapped(*args, **kwargs):
+            out = original(*args, **kwargs)
+            fn()
+            return out
+        return wrapped
+    return make
