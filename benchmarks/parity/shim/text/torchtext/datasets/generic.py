@@ -1,0 +1,2 @@
+"""Import-only stand-in (see README.md in this folder)."""
+Query = None
