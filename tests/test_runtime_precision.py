@@ -62,3 +62,27 @@ def test_precision_context_asks_the_device(monkeypatch):
         assert scaler is not None and factory().fast_dtype == torch.float16
     factory, scaler = precision_context(CUDA, fp32=True, bf16_cpu=False)
     assert factory is nullcontext and scaler is None
+
+
+def test_cuda_init_starts_only_for_a_gpu_run(monkeypatch):
+    """The background CUDA set-up of the entry points: never for --device cpu or without a GPU."""
+    calls = []
+    monkeypatch.setattr(runtime.torch.cuda, "init", lambda: calls.append("init"))
+    monkeypatch.setattr(runtime.torch.cuda, "is_available", lambda: False)
+    assert runtime.begin_cuda_init(["--device", "cuda"]) is None
+    monkeypatch.setattr(runtime.torch.cuda, "is_available", lambda: True)
+    assert runtime.begin_cuda_init(["--tasks", "a", "--device", "cpu"]) is None
+    assert runtime.begin_cuda_init(["--n_gpus", "2"]) is None  # ranks choose their GPU first
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert runtime.begin_cuda_init([]) is None
+    monkeypatch.delenv("LOCAL_RANK")
+    for argv in ([], ["--device", "auto"], ["--device", "cuda:0", "--fp32"]):
+        t = runtime.begin_cuda_init(argv)
+        t.join()
+    assert calls == ["init"] * 3
+
+    def broken():
+        raise RuntimeError("no driver")
+
+    monkeypatch.setattr(runtime.torch.cuda, "init", broken)
+    runtime.begin_cuda_init(["--device", "cuda"]).join()  # the error waits for the run's own use of the device
