@@ -213,8 +213,8 @@ def _generate_batch(model, prompts, limits: List[int], eos_id: int, pad_id: int,
     kept = limit.clone()
     done = torch.zeros(b, dtype=torch.bool, device=device)
     new: List[torch.Tensor] = []  # this segment's sampled ids, one [n] tensor per step
-    segments = []  # (rows, first step, [steps, n] ids, kept) of each batch composition
-    step = first = 0
+    segments = []  # (rows, [steps, n] ids, kept) of each batch composition
+    step = 0
     while True:
         step += 1
         nxt = _checked_sample(head(h).float(), cfg, generator, task, step)
@@ -233,8 +233,8 @@ def _generate_batch(model, prompts, limits: List[int], eos_id: int, pad_id: int,
             if not keep:
                 break
             if len(keep) < len(flags):
-                segments.append((rows, first, torch.stack(new), kept))
-                new, first = [], step
+                segments.append((rows, torch.stack(new), kept))
+                new = []
                 sel = torch.tensor(keep, device=device)
                 done, limit, kept, nxt, last_pos = done[sel], limit[sel], kept[sel], nxt[sel], last_pos[sel]
                 keys.select(sel)
@@ -245,17 +245,17 @@ def _generate_batch(model, prompts, limits: List[int], eos_id: int, pad_id: int,
         out = model.base_model(input_ids=nxt.clamp(min=0)[:, None], attention_mask=keys.upto(step),
                                position_ids=last_pos[:, None], use_cache=True, **{cache_arg: past})
         past, h = getattr(out, cache_arg), out.last_hidden_state[:, -1]
-    segments.append((rows, first, torch.stack(new), kept))
-    return _collect(segments, b, max_new, task, step)
+    segments.append((rows, torch.stack(new), kept))
+    return _collect(segments, b, task, step)
 
 
-def _collect(segments, b: int, max_new: int, task: Optional[str], step: int) -> List[List[int]]:
+def _collect(segments, b: int, task: Optional[str], step: int) -> List[List[int]]:
     """Each original row's tokens from the segments (one read for all of them)."""
-    flat = torch.cat([t for _, _, ids, kept in segments for t in (kept, ids.flatten())]).tolist()
+    flat = torch.cat([t for _, ids, kept in segments for t in (kept, ids.flatten())]).tolist()
     out: List[List[int]] = [[] for _ in range(b)]
     n_kept = [0] * b
     at = 0
-    for rows, first, ids, _ in segments:  # a row's last segment holds its final count
+    for rows, ids, _ in segments:  # a row's last segment holds its final count
         n_steps, n = ids.shape
         for i, r in enumerate(rows):
             n_kept[r] = flat[at + i]
