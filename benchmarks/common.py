@@ -170,6 +170,8 @@ def print_table(rows: Sequence[Dict[str, object]], columns: Sequence[str]) -> No
     """Print ``rows`` as one fixed-width table with the given column order."""
     def fmt(v: object) -> str:
         if isinstance(v, float):
+            if v != 0 and abs(v) < 0.001:  # relative errors, sub-microsecond times
+                return f"{v:.1e}"
             return f"{v:.3f}" if abs(v) < 1000 else f"{v:.1f}"
         return str(v)
 
