@@ -5,12 +5,13 @@
 #   bash scripts/fetch_gpu_wheels.sh DIR [--python 3.12] [--platform manylinux2014_x86_64]
 #
 # With dependencies: pytest, numpy, scipy, quadprog, nltk, rouge-score (the op tests' and the
-# metrics' packages). Without dependencies: liger-kernel and cut-cross-entropy (their dependencies
-# are torch and triton, which the GPU machine has and which must not be replaced). rouge-score is
+# metrics' packages) and the build tools (setuptools, wheel, ninja, packaging). Without
+# dependencies: liger-kernel and cut-cross-entropy (their dependencies are torch and triton,
+# which the GPU machine has and which must not be replaced). rouge-score is
 # published as a source archive only: it is built here into a pure-Python wheel.
 # PIP (default "python3 -m pip") is the pip that downloads; it never installs anything.
 set -euo pipefail
-[ $# -ge 1 ] || { sed -n '2,12p' "$0"; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,13p' "$0"; exit 2; }
 DEST=$1
 shift
 PYVER=3.12
@@ -29,7 +30,7 @@ TARGET=(--python-version "$PYVER" --platform "$PLATFORM" --platform "manylinux_2
 echo "[fetch_gpu_wheels] Python $PYVER, $PLATFORM -> $DEST"
 # rouge-score's own dependencies come as wheels; rouge-score itself as a wheel built from its sdist.
 "${PIP[@]}" download --disable-pip-version-check -q -d "$DEST" "${TARGET[@]}" \
-  pytest numpy scipy quadprog nltk absl-py six
+  pytest numpy scipy quadprog nltk absl-py six setuptools wheel ninja packaging
 "${PIP[@]}" wheel --disable-pip-version-check -q --no-deps -w "$DEST" rouge-score
 "${PIP[@]}" download --disable-pip-version-check -q -d "$DEST" "${TARGET[@]}" --no-deps liger-kernel cut-cross-entropy
 ls "$DEST"
