@@ -159,7 +159,7 @@ def bench_case(N: int, V: int, dtype: torch.dtype, mask_frac: float, device: tor
     else:
         skipped.append(peer_row(LIGER, why, **case))
     skipped.append(peer_row(CCE, NOT_SAME["cce"], **case))
-    # agreement before timing: every implementation against kd_loss_ref in fp64
+    # agreement before timing: every implementation against kd_loss_ref's formula in fp64
     ref_loss, ref_grad = reference_fp64(s, t, mask, TEMPERATURE)
     tol = agreement_tolerances(dtype, int(mask.sum()) * V, V)
     checks: Dict[str, Dict[str, object]] = {}
@@ -168,6 +168,8 @@ def bench_case(N: int, V: int, dtype: torch.dtype, mask_frac: float, device: tor
             loss = fn().detach()
             checks[name] = agreement(loss, s.grad, ref_loss, ref_grad, tol)
         except Exception as exc:  # a peer that cannot run these inputs is recorded, not fatal
+            if name in ("eager", "fused"):
+                raise
             skipped.append(peer_row(name, f"failed on these inputs: {type(exc).__name__}: {exc}"[:300], **case))
         s.grad = None
     for name in [n for n in impls if n not in checks]:
