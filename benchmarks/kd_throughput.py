@@ -412,7 +412,8 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     big = "gpt2-small" if device.type == "cuda" and not args.toy else "toy"
     print(f"\n(c) Word-KD training step, {big} GPT-2 ({MODEL_SHAPES[big]['n_layer']}x{MODEL_SHAPES[big]['n_embd']}, "
-          f"vocab {MODEL_SHAPES[big].get('vocab_size', VOCAB)}, random init), batch {args.batch}x{args.seq} tokens, with the Liger / CCE peers"
+          f"vocab {MODEL_SHAPES[big].get('vocab_size', VOCAB)}, random init), batch {args.batch}x{args.seq} tokens, "
+          "with the Liger / CCE peers"
           + ("" if big == "gpt2-small" else " (toy size: GPT-2 small runs on CUDA only)"))
     big_steps = run_step_bench(device, args.batch, args.seq, reps, warmup, not args.no_memory, big, with_peers=True)
     print_table([r for r in big_steps if "skipped" not in r], STEP_COLUMNS)

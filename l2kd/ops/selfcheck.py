@@ -147,7 +147,8 @@ def diagnose(result: ProbeResult, info: Dict[str, object], torch_cc: str) -> str
         lines.append(f"  extension linked by:   {linker.get('path')} ({linker.get('version') or 'version unknown'})")
         if info.get("nvcc"):
             host = info.get("nvcc_host_compiler") or {}
-            lines.append(f"  nvcc: {info['nvcc'].get('version')}; host compiler {host.get('path')} ({host.get('version')})")
+            lines.append(f"  nvcc: {info['nvcc'].get('version')}; "
+                         f"host compiler {host.get('path')} ({host.get('version')})")
     else:
         lines.append("  extension compiled by: unknown (no l2kd/_build_info.json: built before setup.py recorded it)")
     lines.append(f"  torch was built with:  {torch_cc or 'unknown (torch.__config__.show() names no compiler)'}")
@@ -156,11 +157,13 @@ def diagnose(result: ProbeResult, info: Dict[str, object], torch_cc: str) -> str
     if result.status == "crashed":
         lines.append("")
         if ours and theirs and not _same_major_minor(ours, theirs):
-            lines.append(f"  Likely cause: the extension's compiler ({ours}) is not torch's ({torch_cc}); a C++ exception "
-                         "thrown by the argument check does not unwind through the other runtime and the process dies.")
+            lines.append(f"  Likely cause: the extension's compiler ({ours}) is not torch's ({torch_cc}); "
+                         "a C++ exception thrown by the argument check does not unwind through the other "
+                         "runtime and the process dies.")
         else:
-            lines.append("  Likely cause: a C++ exception from the argument check cannot unwind between the extension and "
-                         "torch (compiler, libstdc++ or linker-flag mismatch such as -Bsymbolic-functions).")
+            lines.append("  Likely cause: a C++ exception from the argument check cannot unwind between the "
+                         "extension and torch (compiler, libstdc++ or linker-flag mismatch such as "
+                         "-Bsymbolic-functions).")
     major = theirs.split(".")[0] if theirs else ""
     candidate = (shutil.which(f"g++-{major}") if major else None) or f"g++-{major or 'N'}"
     cc = candidate.replace("g++", "gcc")

@@ -148,7 +148,8 @@ def _draws_on_device(logits: torch.Tensor, generator: Optional[torch.Generator])
     if generator is None:
         return True
     dev = generator.device
-    return dev.type == "cuda" and (dev.index if dev.index is not None else torch.cuda.current_device()) == logits.device.index
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    return dev.type == "cuda" and index == logits.device.index
 
 
 def _register() -> None:

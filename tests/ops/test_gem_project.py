@@ -259,7 +259,8 @@ def test_out_and_in_place(use_kernels, raises_safely):
     assert torch.equal(g, ok_grad)
     big = torch.zeros(2 * 1003)
     big[:1003] = grad
-    raises_safely(RuntimeError, "overlap", lambda: gem_project(big[:1003], mem, out=big[1:1004], use_kernels=use_kernels))
+    raises_safely(RuntimeError, "overlap",
+                  lambda: gem_project(big[:1003], mem, out=big[1:1004], use_kernels=use_kernels))
     raises_safely(RuntimeError, "overlap", lambda: gem_project(mem[0], mem, out=mem[1], use_kernels=use_kernels))
     for bad_out, msg in ((torch.empty(5), "shape"), (torch.empty(1003, dtype=torch.float64), "dtype"),
                          (torch.empty(2006)[::2], "contiguous")):
@@ -309,15 +310,17 @@ def test_bad_inputs(use_kernels, raises_safely):
     raises_safely(RuntimeError, "eps", lambda: gem_project(g, m, 0.5, -1.0, use_kernels=use_kernels))
     raises_safely(RuntimeError, "margin", lambda: gem_project(g, m, float("nan"), use_kernels=use_kernels))
     if torch.cuda.is_available():
-        raises_safely(RuntimeError, "same device", lambda: gem_project(g, m.cuda(), use_kernels=use_kernels), uses_cuda=True)
+        raises_safely(RuntimeError, "same device", lambda: gem_project(g, m.cuda(), use_kernels=use_kernels),
+                      uses_cuda=True)
     else:
         raises_safely(RuntimeError, "same device", lambda: gem_project(g, m.to("meta"), use_kernels=use_kernels))
 
 
 @needs_compiled
 def test_compiled_op_checks_directly(raises_safely):
-    raises_safely(RuntimeError, "gem_project: memory_grads.size", lambda: torch.ops.l2kd.gem_project(torch.randn(5), torch.randn(2, 6), 0.5, 1e-3))
-    raises_safely(RuntimeError, "at most 64", lambda: torch.ops.l2kd.gem_project(torch.randn(5), torch.randn(65, 5), 0.5, 1e-3))
+    op = torch.ops.l2kd.gem_project
+    raises_safely(RuntimeError, "gem_project: memory_grads.size", lambda: op(torch.randn(5), torch.randn(2, 6), 0.5, 1e-3))
+    raises_safely(RuntimeError, "at most 64", lambda: op(torch.randn(5), torch.randn(65, 5), 0.5, 1e-3))
 @pytest.mark.parametrize("impl", IMPLS)
 def test_rank_deficient_zero_eps(impl):
     """eps = 0 on repeated memories: quadprog refuses; we either raise a clear error or return a minimiser."""
