@@ -10,12 +10,20 @@ Knobs (environment variables, read only here):
 CUDA is built when FORCE_CUDA=1, or when torch is a CUDA build and nvcc is found; never
 because a GPU is visible and never against a CPU-only torch (unless forced).
 Every source under csrc/ is globbed: adding an op needs no change here.
+
+Each build writes ``l2kd/_build_info.json`` next to the built library (gitignored): the C++
+compiler and linker that built it (path and ``--version``), nvcc and its host compiler when CUDA
+is built, and the torch it was built against. ``python -m l2kd.ops.selfcheck`` compares that
+with the compiler torch itself was built with when a failing op call crashes.
 """
 from __future__ import annotations
 
 import glob
+import json
 import os
 import platform
+import shutil
+import subprocess
 
 from setuptools import find_packages, setup
 
@@ -35,6 +43,59 @@ def _host_has_avx2_fma() -> bool:
     except OSError:
         return False
     return all(f" {x}" in flags for x in ("avx2", "fma", "f16c"))
+
+
+def _first_line(cmd: list) -> str:
+    """First line of ``cmd``'s output ('' when it cannot run)."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    lines = (out.stdout or out.stderr).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def _tool(name: str) -> dict:
+    """Where ``name`` resolves on PATH and its ``--version`` first line."""
+    path = shutil.which(name) or name
+    return {"command": name, "path": os.path.realpath(path) if os.path.exists(path) else path,
+            "version": _first_line([path, "--version"])}
+
+
+def build_info(compiler, with_cuda: bool) -> dict:
+    """What builds the extension: C++ compiler and linker (as torch's BuildExtension calls them),
+    nvcc and its host compiler (``CC``, nvcc's -ccbin) when CUDA is built, and the torch used."""
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, get_cxx_compiler
+
+    linker = getattr(compiler, "linker_so_cxx", None) or getattr(compiler, "linker_so", None) or ["?"]
+    info = {"cxx": _tool(get_cxx_compiler()), "linker": _tool(linker[0]), "torch": torch.__version__,
+            "torch_cuda": torch.version.cuda, "with_cuda": with_cuda,
+            "env": {k: os.environ[k] for k in ("CC", "CXX", "LDSHARED", "CUDA_HOME", "TORCH_CUDA_ARCH_LIST")
+                    if k in os.environ}}
+    if with_cuda:
+        nvcc = os.path.join(CUDA_HOME or "/usr/local/cuda", "bin", "nvcc")
+        lines = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines() \
+            if os.path.exists(nvcc) else []
+        info["nvcc"] = {"path": nvcc, "version": lines[-1] if lines else ""}
+        info["nvcc_host_compiler"] = _tool(os.environ.get("CC", "gcc"))
+    return info
+
+
+def _recording(base):
+    """``base`` (torch's BuildExtension) that also writes _build_info.json next to each built library."""
+
+    class RecordingBuildExt(base):
+        def run(self):
+            super().run()  # with --inplace, setuptools copies the library into the source tree here
+            for ext in self.extensions:
+                with_cuda = any(src.endswith(".cu") for src in ext.sources)
+                folder = os.path.dirname(self.get_ext_fullpath(ext.name))
+                os.makedirs(folder, exist_ok=True)
+                with open(os.path.join(folder, "_build_info.json"), "w") as f:
+                    json.dump(build_info(self.compiler, with_cuda), f, indent=1)
+
+    return RecordingBuildExt
 
 
 def _extensions():
@@ -77,7 +138,7 @@ def _extensions():
         )
     else:
         ext = CppExtension(sources=cpp_sources, extra_compile_args={"cxx": cxx}, **kwargs)
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    return [ext], {"build_ext": _recording(BuildExtension.with_options(use_ninja=True))}
 
 
 ext_modules, cmdclass = _extensions()

@@ -16,15 +16,16 @@ their ratios hold while the machine's memory bandwidth drifts. Nothing violated,
 in place (``out=grad``: only the check runs, nothing is copied): ``inplace_ms``.
 
 Peer: ``original_step`` under ``torch.compile`` (inductor; the numpy / quadprog part stays eager
-behind a graph break), a failure recorded as ``compile_error``. Liger-Kernel and
-cut-cross-entropy have no GEM projection.
+behind a graph break), a failure recorded as ``compile_error``, as is a compile and warm-up past
+``--peer_timeout`` seconds ("peer timed out"). Liger-Kernel and cut-cross-entropy have no GEM
+projection.
 
 Floor: the bytes that must move at the read / write bandwidth this process reaches
 (``common.measure_bandwidth``): violated, read ``(2t+2) P * 4`` (G and g twice) and write ``P * 4``
 (out once); not violated, read ``(t+1) P * 4`` (G and g once; the fused op's copy of g is extra,
 the original returns the gradient untouched).
 
-Run from the repo root: ``python benchmarks/bench_gem_project.py [--quick] [--P 20000000 --t 4]``.
+Run from the repo root: ``python benchmarks/bench_gem_project.py [--quick | --toy] [--P 20000000 --t 4]``.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import measure_bandwidth, peak_extra_memory_mb, print_table, sync, time_interleaved, write_results  # noqa: E402
-from peers import NOT_SAME, compiled  # noqa: E402
+from peers import NOT_SAME, CompilePeers, add_peer_timeout_arg  # noqa: E402
 
 from l2kd.ops import backend  # noqa: E402
 from l2kd.ops.gem_project import gem_dual_solve_ref, gem_project  # noqa: E402
@@ -101,11 +102,14 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--P", type=int, action="append", default=None, help="flat size(s) instead of the grid's")
     ap.add_argument("--t", type=int, action="append", default=None, help="memory count(s) instead of the grid's")
+    ap.add_argument("--toy", action="store_true", help="P = 10000, t in (1, 4): exercises the code path (dry runs)")
+    add_peer_timeout_arg(ap)
     args = ap.parse_args()
     device = torch.device(args.device)
-    sizes = args.P or ([1_000_000] if args.quick else [1_000_000, 20_000_000])
-    ts = args.t or ([1, 4] if args.quick else [1, 4, 8])
-    reps = 3 if args.quick else 7
+    sizes = args.P or ([10_000] if args.toy else [1_000_000] if args.quick else [1_000_000, 20_000_000])
+    ts = args.t or ([1, 4] if args.quick or args.toy else [1, 4, 8])
+    reps = 2 if args.toy else 3 if args.quick else 7
+    peers = CompilePeers(args.peer_timeout)
     bandwidth = measure_bandwidth(device)
     print(f"gem_project benchmark: device={device} backend={backend()} baseline solver={SOLVER} "
           f"threads={torch.get_num_threads()} bandwidth: {bandwidth.describe()}")
@@ -123,7 +127,7 @@ def main() -> None:
                        "out": lambda: gem_project(grad, mem, out=buf)}
                 if not violated:  # in place leaves grad unchanged only when nothing is violated
                     fns["inplace"] = lambda: gem_project(grad, mem, out=grad)
-                cstep, compile_error = compiled(original_step, lambda f: f(grad, mem))
+                cstep, compile_error = peers.compile(original_step, lambda f: f(grad, mem))
                 if cstep is not None:
                     cerr = float((cstep(grad, mem).double() - ref.double()).abs().max() / ref.double().abs().max())
                     if cerr < 1e-5:
@@ -180,7 +184,7 @@ def main() -> None:
           "preallocated buffer; inplace = out=grad (nothing violated: the check alone, as the original); floor = bytes / bandwidth (module docstring). Timings are wall clock: on a "
           "shared, loaded machine they include time the process waited for a core.")
     path = write_results("gem_project", device, records,
-                         {"quick": args.quick, "sizes": sizes, "ts": ts, "baseline_solver": SOLVER, "margin": 0.5, "eps": 1e-3,
+                         {"quick": args.quick, "toy": args.toy, "peer_timeout_s": args.peer_timeout, "sizes": sizes, "ts": ts, "baseline_solver": SOLVER, "margin": 0.5, "eps": 1e-3,
                           "dtype": "float32", **bandwidth.record()})
     print(f"wrote {path}")
 

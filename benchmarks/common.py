@@ -17,6 +17,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# Set to write result files elsewhere (scripts/gpu_check.sh collects a run's files this way).
+RESULTS_ENV = "L2KD_BENCH_RESULTS"
 
 # Set to fix the bandwidth of every floor (GB/s, reads and writes alike) instead of measuring it.
 BANDWIDTH_ENV = "L2KD_BENCH_BANDWIDTH_GBPS"
@@ -170,6 +172,8 @@ def print_table(rows: Sequence[Dict[str, object]], columns: Sequence[str]) -> No
     """Print ``rows`` as one fixed-width table with the given column order."""
     def fmt(v: object) -> str:
         if isinstance(v, float):
+            if v != 0 and abs(v) < 0.001:  # relative errors, sub-microsecond times
+                return f"{v:.1e}"
             return f"{v:.3f}" if abs(v) < 1000 else f"{v:.1f}"
         return str(v)
 
@@ -183,8 +187,9 @@ def print_table(rows: Sequence[Dict[str, object]], columns: Sequence[str]) -> No
 
 def write_results(op: str, device: torch.device, records: List[Dict[str, object]], config: Dict[str, object],
                   out_dir: Optional[str] = None) -> str:
-    """Write one JSON file per run and return its path."""
-    out_dir = out_dir or RESULTS_DIR
+    """Write one JSON file per run (into ``out_dir``, else $L2KD_BENCH_RESULTS, else benchmarks/results)
+    and return its path."""
+    out_dir = out_dir or os.environ.get(RESULTS_ENV) or RESULTS_DIR
     os.makedirs(out_dir, exist_ok=True)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = os.path.join(out_dir, f"{op}-{device.type}-{stamp}.json")

@@ -23,3 +23,5 @@ if [ ! -f "$stamp" ] || [ -n "$(find setup.py pyproject.toml csrc -newer "$stamp
   "${PIP[@]}" --no-build-isolation -e ".[test]"
   touch "$stamp"
 fi
+# A bad argument to a compiled op must raise, not kill the process (see l2kd/ops/selfcheck.py).
+"$VENV/bin/python" -m l2kd.ops.selfcheck

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Compile-only check of the CUDA kernels, so CUDA code that no longer compiles fails CI.
-# Nothing built here is run (no GPU needed).
+# Check of the CUDA build without a GPU: CUDA code that no longer compiles fails CI, and the
+# CUDA build's CPU paths stay tested (no CUDA kernel runs here).
 #
 # 1. sm_75, sm_80, sm_90 with CUDA 13 (the nvcc under CUDA_HOME): the whole extension through
-#    setup.py, in a separate cached venv with a CUDA build of torch (torch 2.14.1+cu130).
+#    setup.py, in a separate cached venv with a CUDA build of torch (torch 2.14.1+cu130); then
+#    `python -m l2kd.ops.selfcheck` and the CPU op tests (tests/ops) against that library
+#    (L2KD_CUDA_BUILD_TESTS=0 skips them).
 # 2. sm_70 (V100), which CUDA 13 can no longer emit. PyPI's nvidia-cuda-nvcc-cu12 wheels
 #    (12.1 to 12.9) ship CUDA 12's ptxas, libdevice and crt headers but not the nvcc driver or
 #    its front end (cicc), so they cannot compile a .cu file alone. What CUDA 12's ptxas can do
@@ -45,6 +47,42 @@ CUDA_HOME="$CUDA_HOME" CPATH="$CU13_INC${CPATH:+:$CPATH}" TORCH_CUDA_ARCH_LIST="
   FORCE_CUDA=1 MAX_JOBS="${MAX_JOBS:-2}" "$VENV/bin/python" setup.py -q build_ext -b "$OUT/lib" -t "$OUT/tmp"
 ls "$OUT"/lib/l2kd/_C*.so >/dev/null
 echo "[l2kd] CUDA kernels compiled OK for $ARCHS ($((SECONDS - t0)) s)"
+
+# ---- 1b. the CPU op tests against this CUDA build -------------------------------------------
+# The CUDA build's own CPU paths (argument checks, CPU kernels) in a copy of the tracked tree with
+# this library in l2kd/. Test dependencies come from pyproject.toml (none of them needs torch;
+# the venv's torch is checked to be unchanged afterwards).
+if [ "${L2KD_CUDA_BUILD_TESTS:-1}" = "1" ]; then
+  t0=$SECONDS
+  mapfile -t REQS < <("$VENV/bin/python" - <<'PY'
+import re
+try:
+    import tomllib
+    with open("pyproject.toml", "rb") as f:
+        proj = tomllib.load(f)["project"]
+    reqs = proj["dependencies"] + proj["optional-dependencies"]["test"]
+except ImportError:  # Python < 3.11: the quoted requirement strings of pyproject.toml
+    reqs = re.findall(r'"([A-Za-z][A-Za-z0-9_.-]*[<>=!~][^"]*)"', open("pyproject.toml").read())
+for r in reqs:
+    if not re.match(r"(torch|tensorboard)\b", r):  # torch stays the venv's; tensorboard is not needed
+        print(r)
+PY
+  )
+  TORCH_PIN=$("$VENV/bin/python" -c "import torch; print(torch.__version__)")
+  echo "[l2kd] installing the op tests' dependencies into $VENV (torch stays $TORCH_PIN)"
+  "$VENV/bin/python" -m pip install --disable-pip-version-check -q "${REQS[@]}"
+  [ "$("$VENV/bin/python" -c "import torch; print(torch.__version__)")" = "$TORCH_PIN" ] \
+    || { echo "[l2kd] installing the test dependencies replaced torch $TORCH_PIN" >&2; exit 1; }
+  STAGE="$OUT/stage"
+  mkdir -p "$STAGE"
+  git ls-files -z l2kd tests pyproject.toml | xargs -0 cp --parents -t "$STAGE"
+  cp "$OUT"/lib/l2kd/_C*.so "$STAGE/l2kd/"
+  cp "$OUT"/lib/l2kd/_build_info.json "$STAGE/l2kd/" 2>/dev/null || true
+  echo "[l2kd] self-check and CPU op tests (tests/ops) against the CUDA build"
+  (cd "$STAGE" && "$VENV/bin/python" -m l2kd.ops.selfcheck \
+    && "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/ops tests/test_selfcheck.py)
+  echo "[l2kd] the CUDA build passes the CPU op tests ($((SECONDS - t0)) s)"
+fi
 
 # ---- 2. sm_70 with CUDA 12's ptxas ---------------------------------------------------------
 CUDA12="${L2KD_CUDA12_HOME:-$HOME/.cache/l2kd/cuda12}"

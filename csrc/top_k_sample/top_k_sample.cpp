@@ -1,9 +1,13 @@
 // l2kd::top_k_sample: schema, input checks and the CPU kernel.
 //
 //   top_k_sample(Tensor logits, int k, float top_p, float temperature, Tensor uniforms) -> Tensor
+//   top_k_sample_seeded(Tensor logits, int k, float top_p, float temperature, Generator? generator) -> Tensor
 //
 // logits [B, V] fp32/fp16/bf16, uniforms fp32 [B] in [0, 1) (drawn by the Python face from
 // the torch generator). Returns int64 [B]. Deterministic given the uniforms.
+// The seeded variant draws row r's uniform itself: tks::philox_uniform(seed, offset, r). On CUDA
+// (seed, offset) come from the generator's Philox state (no launch, allocation or host sync for
+// them); on CPU the seed is one 64-bit draw of the CPU generator and the offset 0.
 //
 // CPU kernel, per row (OpenMP over rows): one vectorised pass keeps a min-heap of the k
 // largest values and appends every element >= the running k-th value to a small candidate
@@ -11,6 +15,7 @@
 // The rest (threshold, softmax weights, nucleus cut, inverse-CDF draw) works on the candidates
 // with the shared arithmetic of top_k_sample_math.h. No [B, V] temporary.
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -20,6 +25,8 @@
 #include <atomic>
 #include <cfloat>
 #include <limits>
+#include <mutex>
+#include <optional>
 #include <vector>
 
 #if defined(L2KD_AVX2) && L2KD_AVX2
@@ -33,9 +40,8 @@
 
 namespace l2kd {
 
-// Shared by the CPU and CUDA entry points.
-void top_k_sample_check(const at::Tensor& logits, int64_t k, double top_p, double temperature,
-                        const at::Tensor& uniforms) {
+// Shared by the CPU and CUDA entry points (both ops).
+void top_k_sample_check_args(const at::Tensor& logits, int64_t k, double top_p, double temperature) {
   TORCH_CHECK(logits.dim() == 2, "top_k_sample: logits must be 2-D [B, V], got ", logits.dim(), "-D");
   const auto dt = logits.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16,
@@ -46,6 +52,11 @@ void top_k_sample_check(const at::Tensor& logits, int64_t k, double top_p, doubl
   TORCH_CHECK(temperature > 0.0 && std::isfinite(temperature), "top_k_sample: temperature must be finite and > 0, got ",
               temperature);
   TORCH_CHECK(top_p >= 0.0 && top_p <= 1.0, "top_k_sample: top_p must be in [0, 1], got ", top_p);
+}
+
+void top_k_sample_check(const at::Tensor& logits, int64_t k, double top_p, double temperature,
+                        const at::Tensor& uniforms) {
+  top_k_sample_check_args(logits, k, top_p, temperature);
   TORCH_CHECK(uniforms.scalar_type() == at::kFloat, "top_k_sample: uniforms must be float32, got ", uniforms.scalar_type());
   TORCH_CHECK(uniforms.dim() == 1 && uniforms.size(0) == logits.size(0), "top_k_sample: uniforms must have shape [B] = [",
               logits.size(0), "], got ", uniforms.sizes());
@@ -293,12 +304,32 @@ at::Tensor top_k_sample_cpu(const at::Tensor& logits, int64_t k, double top_p, d
   return out;
 }
 
+at::Tensor top_k_sample_seeded_cpu(const at::Tensor& logits, int64_t k, double top_p, double temperature,
+                                   std::optional<at::Generator> generator) {
+  top_k_sample_check_args(logits, k, top_p, temperature);
+  auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(generator, at::detail::getDefaultCPUGenerator());
+  uint64_t seed;
+  {
+    std::lock_guard<std::mutex> lock(gen->mutex_);
+    seed = gen->random64();
+  }
+  const int64_t B = logits.size(0);
+  at::Tensor u = at::empty({B}, logits.options().dtype(at::kFloat));
+  float* up = u.data_ptr<float>();
+  for (int64_t r = 0; r < B; ++r) up[r] = tks::philox_uniform(seed, 0, static_cast<uint64_t>(r));
+  return top_k_sample_cpu(logits, k, top_p, temperature, u);
+}
+
 }  // namespace
 
 }  // namespace l2kd
 
 TORCH_LIBRARY_FRAGMENT(l2kd, m) {
   m.def("top_k_sample(Tensor logits, int k, float top_p, float temperature, Tensor uniforms) -> Tensor");
+  m.def("top_k_sample_seeded(Tensor logits, int k, float top_p, float temperature, Generator? generator=None) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(l2kd, CPU, m) { m.impl("top_k_sample", &l2kd::top_k_sample_cpu); }
+TORCH_LIBRARY_IMPL(l2kd, CPU, m) {
+  m.impl("top_k_sample", &l2kd::top_k_sample_cpu);
+  m.impl("top_k_sample_seeded", &l2kd::top_k_sample_seeded_cpu);
+}

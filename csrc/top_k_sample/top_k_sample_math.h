@@ -147,5 +147,35 @@ L2KD_HD void nucleus_cut(Red& red, uint32_t max_key, float m, float pz, int64_t 
   *cut_idx = a;
 }
 
+// ---- the row's uniform when the op draws it itself (top_k_sample_seeded) ----------------------
+// Philox4x32-10 (Salmon et al., SC'11), a counter-based generator: the uniform of row r of a call
+// with (seed, offset) is a pure function of (seed, offset, r), so every CUDA thread block computes
+// its own without a launch, an allocation or shared state, and the CPU computes the same numbers.
+struct Philox4 {
+  uint32_t v[4];
+};
+
+L2KD_HD Philox4 philox4x32_10(Philox4 ctr, uint32_t k0, uint32_t k1) {
+  for (int round = 0; round < 10; ++round) {
+    const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * ctr.v[0];
+    const uint64_t p1 = static_cast<uint64_t>(0xCD9E8D57u) * ctr.v[2];
+    const uint32_t hi0 = static_cast<uint32_t>(p0 >> 32), lo0 = static_cast<uint32_t>(p0);
+    const uint32_t hi1 = static_cast<uint32_t>(p1 >> 32), lo1 = static_cast<uint32_t>(p1);
+    ctr = Philox4{{hi1 ^ ctr.v[1] ^ k0, lo1, hi0 ^ ctr.v[3] ^ k1, lo0}};
+    k0 += 0x9E3779B9u;  // Weyl key schedule
+    k1 += 0xBB67AE85u;
+  }
+  return ctr;
+}
+
+// Uniform in [0, 1) of row `row`: counter (offset, row), key seed; the top 24 bits of the first
+// output word, so every value is an exact float and 1 is never reached.
+L2KD_HD float philox_uniform(uint64_t seed, uint64_t offset, uint64_t row) {
+  const Philox4 ctr{{static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32), static_cast<uint32_t>(row),
+                     static_cast<uint32_t>(row >> 32)}};
+  const Philox4 out = philox4x32_10(ctr, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  return static_cast<float>(out.v[0] >> 8) * (1.0f / 16777216.0f);
+}
+
 }  // namespace tks
 }  // namespace l2kd

@@ -19,10 +19,14 @@ NaN, or contain ``+inf`` (or overflow to ``+inf`` after dividing by the temperat
 error (ValueError from the reference, RuntimeError from the CPU kernel). The CUDA kernel
 does not synchronise to report it: it returns ``-1`` for such a row.
 
-Randomness: the fused op takes one uniform per row, ``u = torch.rand(B, generator=g)`` drawn
-here from ``generator`` (on the generator's device, then moved to the logits' device; with no
-generator, torch's default generator of the logits' device), and draws by inverse CDF over the
-kept entries. Given the uniforms the op is deterministic, so a seeded generator repeats exactly.
+Randomness: the fused op draws by inverse CDF over the kept entries with one uniform per row.
+On CPU (and whenever the generator is not on the logits' CUDA device, or under torch.compile)
+that uniform is ``u = torch.rand(B, generator=g)`` drawn here from ``generator`` (on the
+generator's device, then moved to the logits' device; with no generator, torch's default
+generator of the logits' device). On CUDA the kernel draws it itself (``top_k_sample_seeded``):
+Philox4x32-10 of (seed, offset, row) with (seed, offset) reserved from the CUDA generator, so a
+sampling step is one kernel launch with the output as its only allocation and no host sync.
+Either way a seeded generator repeats exactly.
 The reference draws with ``torch.multinomial(..., generator=g)``: the two paths sample the same
 distribution, not the same ids.
 
@@ -128,10 +132,24 @@ def top_k_sample(
         ``[B]`` int64 token ids on the logits' device.
     """
     _check(logits, k, top_p, temperature)
+    if use_kernels and logits.is_cuda and _draws_on_device(logits, generator):
+        return torch.ops.l2kd.top_k_sample_seeded(logits, k, float(top_p), float(temperature), generator)
     if use_kernels and has_compiled("top_k_sample"):
         u = _uniforms(logits, generator)
         return torch.ops.l2kd.top_k_sample(logits, k, float(top_p), float(temperature), u)
     return top_k_sample_ref(logits, k, top_p, temperature, generator)
+
+
+def _draws_on_device(logits: torch.Tensor, generator: Optional[torch.Generator]) -> bool:
+    """Whether the seeded kernel can draw the uniforms itself: built, a CUDA generator of the
+    logits' device (or none), and not being traced (torch.compile does not take generators)."""
+    if not has_compiled("top_k_sample_seeded") or torch.compiler.is_compiling():
+        return False
+    if generator is None:
+        return True
+    dev = generator.device
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    return dev.type == "cuda" and index == logits.device.index
 
 
 def _register() -> None:
@@ -142,6 +160,13 @@ def _register() -> None:
     def _(logits, k, top_p, temperature, uniforms):
         torch._check(logits.dim() == 2, lambda: "top_k_sample: logits must be 2-D [B, V]")
         return logits.new_empty((logits.shape[0],), dtype=torch.long)
+
+    if has_compiled("top_k_sample_seeded"):
+
+        @torch.library.register_fake("l2kd::top_k_sample_seeded")
+        def _seeded(logits, k, top_p, temperature, generator=None):
+            torch._check(logits.dim() == 2, lambda: "top_k_sample: logits must be 2-D [B, V]")
+            return logits.new_empty((logits.shape[0],), dtype=torch.long)
 
 
 try:

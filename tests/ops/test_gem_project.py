@@ -244,7 +244,7 @@ def test_inputs_not_modified_and_edges(impl):
 
 
 @pytest.mark.parametrize("use_kernels", [False, pytest.param(True, marks=needs_compiled)])
-def test_out_and_in_place(use_kernels):
+def test_out_and_in_place(use_kernels, raises_safely):
     grad, mem = violated_case(4, 1003, seed=21)
     expected = gem_project_ref(grad, mem)
     buf = torch.empty_like(grad)
@@ -259,26 +259,22 @@ def test_out_and_in_place(use_kernels):
     assert torch.equal(g, ok_grad)
     big = torch.zeros(2 * 1003)
     big[:1003] = grad
-    with pytest.raises(RuntimeError, match="overlap"):
-        gem_project(big[:1003], mem, out=big[1:1004], use_kernels=use_kernels)
-    with pytest.raises(RuntimeError, match="overlap"):
-        gem_project(mem[0], mem, out=mem[1], use_kernels=use_kernels)
+    raises_safely(RuntimeError, "overlap",
+                  lambda: gem_project(big[:1003], mem, out=big[1:1004], use_kernels=use_kernels))
+    raises_safely(RuntimeError, "overlap", lambda: gem_project(mem[0], mem, out=mem[1], use_kernels=use_kernels))
     for bad_out, msg in ((torch.empty(5), "shape"), (torch.empty(1003, dtype=torch.float64), "dtype"),
                          (torch.empty(2006)[::2], "contiguous")):
-        with pytest.raises(RuntimeError, match=msg):
-            gem_project(grad, mem, out=bad_out, use_kernels=use_kernels)
+        raises_safely(RuntimeError, msg, lambda: gem_project(grad, mem, out=bad_out, use_kernels=use_kernels))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_non_finite(impl):
+def test_non_finite(impl, raises_safely):
     grad, mem = violated_case(3, 40, seed=4)
     bad = mem.clone()
     bad[1, 5] = float("nan")
-    with pytest.raises(RuntimeError, match="non-finite"):
-        run(impl, grad, bad)
+    raises_safely(RuntimeError, "non-finite", lambda: run(impl, grad, bad))
     bad[1, 5] = float("inf")
-    with pytest.raises(RuntimeError, match="non-finite"):
-        run(impl, grad, bad)
+    raises_safely(RuntimeError, "non-finite", lambda: run(impl, grad, bad))
     g = grad.clone()
     g[3] = float("inf")
     out = run(impl, g, mem)  # projection undefined: returned unchanged
@@ -286,7 +282,7 @@ def test_non_finite(impl):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_non_finite_memory_is_reported_when_nothing_else_is_violated(impl):
+def test_non_finite_memory_is_reported_when_nothing_else_is_violated(impl, raises_safely):
     """The cheap G g check (no Gram) must still catch non-finite memories, and must return g
     exactly when every constraint holds."""
     torch.manual_seed(5)
@@ -294,12 +290,11 @@ def test_non_finite_memory_is_reported_when_nothing_else_is_violated(impl):
     mem = torch.rand(3, 1003)  # every <m_i, g> > 0: nothing violated
     assert torch.equal(run(impl, grad, mem), grad)
     mem[2, 1000] = float("nan")  # in the tail past the last full vector
-    with pytest.raises(RuntimeError, match="non-finite"):
-        run(impl, grad, mem)
+    raises_safely(RuntimeError, "non-finite", lambda: run(impl, grad, mem))
 
 
 @pytest.mark.parametrize("use_kernels", [False, pytest.param(True, marks=needs_compiled)])
-def test_bad_inputs(use_kernels):
+def test_bad_inputs(use_kernels, raises_safely):
     g = torch.randn(10)
     m = torch.randn(3, 10)
     cases = [
@@ -311,28 +306,21 @@ def test_bad_inputs(use_kernels):
         ((g, torch.randn(MAX_MEMORIES + 1, 10)), "at most"),
     ]
     for args, msg in cases:
-        with pytest.raises(RuntimeError, match=msg):
-            gem_project(*args, use_kernels=use_kernels)
-    with pytest.raises(RuntimeError, match="eps"):
-        gem_project(g, m, 0.5, -1.0, use_kernels=use_kernels)
-    with pytest.raises(RuntimeError, match="margin"):
-        gem_project(g, m, float("nan"), use_kernels=use_kernels)
+        raises_safely(RuntimeError, msg, lambda: gem_project(*args, use_kernels=use_kernels))
+    raises_safely(RuntimeError, "eps", lambda: gem_project(g, m, 0.5, -1.0, use_kernels=use_kernels))
+    raises_safely(RuntimeError, "margin", lambda: gem_project(g, m, float("nan"), use_kernels=use_kernels))
     if torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="same device"):
-            gem_project(g, m.cuda(), use_kernels=use_kernels)
+        raises_safely(RuntimeError, "same device", lambda: gem_project(g, m.cuda(), use_kernels=use_kernels),
+                      uses_cuda=True)
     else:
-        with pytest.raises(RuntimeError, match="same device"):
-            gem_project(g, m.to("meta"), use_kernels=use_kernels)
+        raises_safely(RuntimeError, "same device", lambda: gem_project(g, m.to("meta"), use_kernels=use_kernels))
 
 
 @needs_compiled
-def test_compiled_op_checks_directly():
-    with pytest.raises(RuntimeError, match="gem_project: memory_grads.size"):
-        torch.ops.l2kd.gem_project(torch.randn(5), torch.randn(2, 6), 0.5, 1e-3)
-    with pytest.raises(RuntimeError, match="at most 64"):
-        torch.ops.l2kd.gem_project(torch.randn(5), torch.randn(65, 5), 0.5, 1e-3)
-
-
+def test_compiled_op_checks_directly(raises_safely):
+    op = torch.ops.l2kd.gem_project
+    raises_safely(RuntimeError, "gem_project: memory_grads.size", lambda: op(torch.randn(5), torch.randn(2, 6), 0.5, 1e-3))
+    raises_safely(RuntimeError, "at most 64", lambda: op(torch.randn(5), torch.randn(65, 5), 0.5, 1e-3))
 @pytest.mark.parametrize("impl", IMPLS)
 def test_rank_deficient_zero_eps(impl):
     """eps = 0 on repeated memories: quadprog refuses; we either raise a clear error or return a minimiser."""

@@ -189,61 +189,41 @@ def test_chi_square_goodness_of_fit(path, case):
 
 # ----------------------------------------------------------------------------- errors
 @pytest.mark.parametrize("use_kernels", [False, True])
-def test_bad_inputs(use_kernels):
+def test_bad_inputs(use_kernels, raises_safely):
     x = torch.randn(3, 10)
     f = lambda *a, **kw: top_k_sample(*a, use_kernels=use_kernels, **kw)  # noqa: E731
-    with pytest.raises(ValueError, match="k must"):
-        f(x, 0)
-    with pytest.raises(ValueError, match="k must"):
-        f(x, 11)
-    with pytest.raises(TypeError, match="float32"):
-        f(x.double(), 2)
-    with pytest.raises(TypeError, match="float32"):
-        f(x.long(), 2)
-    with pytest.raises(ValueError, match="2-D"):
-        f(x[0], 2)
-    with pytest.raises(ValueError, match="2-D"):
-        f(x[None], 2)
-    with pytest.raises(ValueError, match="temperature"):
-        f(x, 2, temperature=0.0)
-    with pytest.raises(ValueError, match="temperature"):
-        f(x, 2, temperature=-1.0)
-    with pytest.raises(ValueError, match="top_p"):
-        f(x, 2, top_p=1.5)
-    with pytest.raises(ValueError, match="top_p"):
-        f(x, 2, top_p=-0.1)
+    raises_safely(ValueError, "k must", lambda: f(x, 0))
+    raises_safely(ValueError, "k must", lambda: f(x, 11))
+    raises_safely(TypeError, "float32", lambda: f(x.double(), 2))
+    raises_safely(TypeError, "float32", lambda: f(x.long(), 2))
+    raises_safely(ValueError, "2-D", lambda: f(x[0], 2))
+    raises_safely(ValueError, "2-D", lambda: f(x[None], 2))
+    raises_safely(ValueError, "temperature", lambda: f(x, 2, temperature=0.0))
+    raises_safely(ValueError, "temperature", lambda: f(x, 2, temperature=-1.0))
+    raises_safely(ValueError, "top_p", lambda: f(x, 2, top_p=1.5))
+    raises_safely(ValueError, "top_p", lambda: f(x, 2, top_p=-0.1))
     err = (ValueError, RuntimeError)
     bad = x.clone()
     bad[1, 4] = float("nan")
-    with pytest.raises(err, match="NaN"):
-        f(bad, 2)
+    raises_safely(err, "NaN", lambda: f(bad, 2))
     bad = x.clone()
     bad[2] = float("-inf")
-    with pytest.raises(err, match="-inf"):
-        f(bad, 2)
+    raises_safely(err, "-inf", lambda: f(bad, 2))
     bad = x.clone()
     bad[0, 0] = float("inf")
-    with pytest.raises(err, match=r"\+inf"):
-        f(bad, 2)
+    raises_safely(err, r"\+inf", lambda: f(bad, 2))
 
 
 @needs_compiled
-def test_core_op_checks():
+def test_core_op_checks(raises_safely):
     x = torch.randn(3, 10)
     u = torch.rand(3)
     op = torch.ops.l2kd.top_k_sample
-    with pytest.raises(RuntimeError, match="top_k_sample: k must"):
-        op(x, 0, 0.0, 1.0, u)
-    with pytest.raises(RuntimeError, match="top_k_sample: k must"):
-        op(x, 11, 0.0, 1.0, u)
-    with pytest.raises(RuntimeError, match="top_k_sample: logits must be float32"):
-        op(x.double(), 2, 0.0, 1.0, u)
-    with pytest.raises(RuntimeError, match="top_k_sample: uniforms"):
-        op(x, 2, 0.0, 1.0, torch.rand(2))
-    with pytest.raises(RuntimeError, match="top_k_sample: temperature"):
-        op(x, 2, 0.0, 0.0, u)
-
-
+    raises_safely(RuntimeError, "top_k_sample: k must", lambda: op(x, 0, 0.0, 1.0, u))
+    raises_safely(RuntimeError, "top_k_sample: k must", lambda: op(x, 11, 0.0, 1.0, u))
+    raises_safely(RuntimeError, "top_k_sample: logits must be float32", lambda: op(x.double(), 2, 0.0, 1.0, u))
+    raises_safely(RuntimeError, "top_k_sample: uniforms", lambda: op(x, 2, 0.0, 1.0, torch.rand(2)))
+    raises_safely(RuntimeError, "top_k_sample: temperature", lambda: op(x, 2, 0.0, 0.0, u))
 # ----------------------------------------------------------------------------- torch.library
 @needs_compiled
 def test_opcheck_cpu():
@@ -330,3 +310,83 @@ def test_cuda_invalid_row_gives_minus_one():
     x[2, 3] = float("nan")
     ids = torch.ops.l2kd.top_k_sample(x, 2, 0.0, 1.0, torch.rand(3, device="cuda")).cpu()
     assert ids[0] >= 0 and ids[1] == -1 and ids[2] == -1
+
+
+# ----------------------------------------------------------------------------- seeded op (uniforms drawn in the op)
+_M32 = 0xFFFFFFFF
+
+
+def _philox(ctr, key):
+    """Philox4x32-10, written here from the published description (Salmon et al., SC'11)."""
+    c, (k0, k1) = list(ctr), key
+    for _ in range(10):
+        p0, p1 = 0xD2511F53 * c[0], 0xCD9E8D57 * c[2]
+        c = [((p1 >> 32) ^ c[1] ^ k0) & _M32, p1 & _M32, ((p0 >> 32) ^ c[3] ^ k1) & _M32, p0 & _M32]
+        k0, k1 = (k0 + 0x9E3779B9) & _M32, (k1 + 0xBB67AE85) & _M32
+    return c
+
+
+def test_philox_reference_known_answers():
+    assert _philox([0, 0, 0, 0], [0, 0]) == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+    assert _philox([_M32] * 4, [_M32, _M32]) == [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]
+
+
+@pytest.mark.skipif(not has_compiled("top_k_sample_seeded"), reason="l2kd._C without top_k_sample_seeded")
+def test_seeded_op_draws_the_shared_philox_uniforms():
+    """The kernels' own uniforms (top_k_sample_math.h, shared with CUDA): on a flat row of 2^16
+    logits the drawn id is floor(u * 2^16), i.e. the top 16 bits of Philox word 0 of (0, row)."""
+    g = torch.Generator().manual_seed(5)
+    twin = torch.Generator()
+    twin.set_state(g.get_state())
+    seed = int(torch.empty(1, dtype=torch.int64).random_(-2**63, None, generator=twin)) & (2**64 - 1)
+    B, V = 9, 2**16
+    ids = torch.ops.l2kd.top_k_sample_seeded(torch.zeros(B, V), V, 0.0, 1.0, g)
+    expected = [_philox([0, 0, r, 0], [seed & _M32, seed >> 32])[0] >> 16 for r in range(B)]
+    assert ids.tolist() == expected
+
+
+@pytest.mark.skipif(not has_compiled("top_k_sample_seeded"), reason="l2kd._C without top_k_sample_seeded")
+def test_seeded_op_kept_set_repeat_and_distribution():
+    from scipy.stats import chisquare
+
+    op = torch.ops.l2kd.top_k_sample_seeded
+    x = torch.randn(64, 300, generator=torch.Generator().manual_seed(3)) * 2
+    for k, top_p, temp in ((1, 0.0, 1.0), (7, 0.0, 0.7), (40, 0.9, 1.3)):
+        ids = op(x, k, top_p, temp, torch.Generator().manual_seed(11)).numpy()
+        assert allowed_ids(x, k, top_p, temp)[np.arange(64), ids].all()
+        again = op(x, k, top_p, temp, torch.Generator().manual_seed(11)).numpy()
+        assert (ids == again).all()
+    logits, k, top_p, temp = CHI_CASES[1]
+    row = torch.tensor(logits)
+    p = filtered_probs(row, k, top_p, temp)
+    n = 20000
+    counts = np.bincount(op(row.repeat(n, 1), k, top_p, temp, torch.Generator().manual_seed(9)).numpy(),
+                         minlength=len(logits))
+    assert counts[p == 0].sum() == 0
+    assert chisquare(counts[p > 0], p[p > 0] * n).pvalue > 1e-3
+
+
+@needs_cuda
+def test_cuda_sampling_step_has_no_host_sync():
+    x = torch.randn(64, 50257, device="cuda")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    top_k_sample(x, 20, 0.9, 1.0, g)  # warm-up (allocator, lazy init)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for top_p in (0.0, 0.9):
+            ids = top_k_sample(x, 20, top_p, 1.0, g)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert ids.shape == (64,) and ids.dtype == torch.long
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_seeded_kernel_repeats_and_keeps_the_set(dtype):
+    x = (torch.randn(37, 1001, generator=torch.Generator().manual_seed(4)) * 3).to(dtype)
+    for k, top_p in ((1, 0.0), (20, 0.9), (300, 0.5)):  # warp path (kept <= 32) and block path
+        a = torch.ops.l2kd.top_k_sample_seeded(x.cuda(), k, top_p, 1.0, torch.Generator(device="cuda").manual_seed(2))
+        b = torch.ops.l2kd.top_k_sample_seeded(x.cuda(), k, top_p, 1.0, torch.Generator(device="cuda").manual_seed(2))
+        assert torch.equal(a, b)
+        assert allowed_ids(x.float(), k, top_p, 1.0)[np.arange(37), a.cpu().numpy()].all()

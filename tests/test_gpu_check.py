@@ -1,0 +1,48 @@
+"""scripts/gpu_check.sh --dry-run: every step of the GPU check on CPU at toy sizes, so a change that
+breaks the GPU check (a benchmark's flags, the build, the summary) fails here, not on the GPU."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from l2kd.ops import has_compiled
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHMARKS = ("kd_loss", "top_k_sample", "gem_project", "gem_step", "kd_throughput")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not has_compiled("gem_project"), reason="l2kd._C is not built (the dry run self-checks it)")
+def test_dry_run_runs_every_step_and_writes_one_archive(tmp_path):
+    out = tmp_path / "check"
+    env = {**os.environ, "PYTHON": sys.executable, "PATH": os.environ.get("PATH", "")}
+    env.pop("L2KD_BENCH_RESULTS", None)
+    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_check.sh"), "--dry-run", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    archive = tmp_path / "check.tar.gz"
+    assert archive.exists()
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+        summary = tar.extractfile("check/gpu_check_summary.txt").read().decode()
+    for part in ("packages", "build", "selfcheck", "registered", "tests", "perf_table") + tuple(
+            f"bench_{b}" for b in BENCHMARKS[:4]) + ("kd_throughput",):
+        assert f"check/{part}.log" in names, part
+    for op in BENCHMARKS:
+        assert any(n.startswith(f"check/json/{op}-cpu-") and n.endswith(".json") for n in names), op
+    assert "DRY RUN" in summary and "all parts passed" in summary
+    assert "GPU:      none (dry run)" in summary
+    assert "torch:" in summary and "CUDA:" in summary
+    assert "compiler: extension built by" in summary and "torch built with" in summary
+    assert len(summary.splitlines()) <= 40  # one screen
+
+
+def test_unknown_argument_is_refused():
+    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_check.sh"), "--bogus"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "unknown argument: --bogus" in proc.stderr
