@@ -108,28 +108,43 @@ def weighted_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
     return F.cross_entropy(logits.float(), target, weight=w)
 
 
+def select(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The positions ``rows`` (flat, row-major) of ``x`` ``[B, L, ...]``: an index_select whose
+    size the host knows, so unlike a boolean mask it does not wait for the device."""
+    return x.flatten(0, 1).index_select(0, rows)
+
+
 def head_ce(model: PreTrainedModel, input_ids: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
-            chunked: bool = True, losses: Optional[Losses] = None) -> torch.Tensor:
+            chunked: bool = True, losses: Optional[Losses] = None, rows: Optional[torch.Tensor] = None
+            ) -> torch.Tensor:
     """Weighted-mean cross-entropy of the LM head on the positions that have a target.
 
     Through ``losses.ce`` (the chunked :func:`l2kd.ops.linear_cross_entropy`: no ``[N, V]``
     logits, same value and gradients); ``chunked=False`` without ``losses`` computes the eager
-    logits + ``F.cross_entropy`` (the reference the tests compare with).
+    logits + ``F.cross_entropy`` (the reference the tests compare with). ``rows``: the flat
+    positions with a target when the caller knows them (``Batch.rows``), else a boolean mask
+    selects them (a host read on a GPU).
     """
     if losses is None and not chunked:
         logits, tgt, _ = selected_logits(model, input_ids, target)
         return weighted_ce(logits, tgt, weight)
-    mask = target != IGNORE
-    h = hidden_states(model, input_ids)[mask]
-    return (losses or Losses()).ce(h, model.get_output_embeddings(), target[mask], weight)
+    h = hidden_states(model, input_ids)
+    if rows is None:
+        mask = target != IGNORE
+        h, tgt = h[mask], target[mask]
+    else:
+        h, tgt = select(h, rows), select(target, rows)
+    return (losses or Losses()).ce(h, model.get_output_embeddings(), tgt, weight)
 
 
 def qa_lm_loss(model: PreTrainedModel, qa_input: torch.Tensor, qa_target: torch.Tensor,
                lm_input: Optional[torch.Tensor], lm_target: Optional[torch.Tensor],
-               weight: torch.Tensor, chunked: bool = True, losses: Optional[Losses] = None
-               ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """QA loss and (when ``lm_input`` is given) LM loss, each a weighted-mean cross-entropy."""
-    qa = head_ce(model, qa_input, qa_target, weight, chunked, losses)
+               weight: torch.Tensor, chunked: bool = True, losses: Optional[Losses] = None,
+               rows: Optional[dict] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """QA loss and (when ``lm_input`` is given) LM loss, each a weighted-mean cross-entropy
+    (``rows``: ``Batch.rows``, the positions with a target, when known)."""
+    rows = rows or {}
+    qa = head_ce(model, qa_input, qa_target, weight, chunked, losses, rows.get("qa"))
     if lm_input is None:
         return qa, None
-    return qa, head_ce(model, lm_input, lm_target, weight, chunked, losses)
+    return qa, head_ce(model, lm_input, lm_target, weight, chunked, losses, rows.get("lm"))

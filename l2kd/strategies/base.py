@@ -157,7 +157,7 @@ class Strategy:
         the step is logged)."""
         lm_in = batch.lm_input if self.uses_lm_loss else None
         qa, lm = qa_lm_loss(model, batch.qa_input, batch.qa_target, lm_in, batch.lm_target, weight,
-                            losses=ctx.setup.losses)
+                            losses=ctx.setup.losses, rows=batch.rows)
         qa = qa * shares.share("qa")
         if lm is None:
             return qa, {"qa_loss": qa.detach()}

@@ -25,4 +25,5 @@ class EWC(ImportanceRegularizer):
     kind = "sq"
 
     def batch_loss(self, model, batch, examples, ctx, weight):
-        return head_ce(model, batch.qa_input, batch.qa_target, weight, losses=ctx.setup.losses)
+        return head_ce(model, batch.qa_input, batch.qa_target, weight, losses=ctx.setup.losses,
+                       rows=batch.rows.get("qa"))

@@ -98,7 +98,8 @@ class GEM(Strategy):
                     for p in params:
                         p.grad = None
                 with self._autocast():
-                    loss = head_ce(model, batch.qa_input, batch.qa_target, self._weight, losses=ctx.setup.losses)
+                    loss = head_ce(model, batch.qa_input, batch.qa_target, self._weight, losses=ctx.setup.losses,
+                                   rows=batch.rows.get("qa"))
                 loss.backward()
                 if cfg.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)

@@ -20,10 +20,10 @@ from typing import Dict, Optional, Tuple
 import torch
 from transformers import PreTrainedModel
 
-from l2kd.data.qa_format import IGNORE, Batch
+from l2kd.data.qa_format import Batch, target_rows
 from l2kd.diagnostics import DIAGNOSTICS, diagnose_teacher
 from l2kd.distillation import ensure_teacher, load_teacher
-from l2kd.losses import Losses, hidden_states
+from l2kd.losses import Losses, hidden_states, select
 from l2kd.strategies.base import ONE_PROCESS, Report, Shares, Strategy, TaskContext, TaskStart, Wrapper, merge_reports
 
 
@@ -46,36 +46,41 @@ class WordKD(Wrapper):
                                                    ctx.train_examples, ctx.max_len)
         return TaskStart(start.extra, merge_reports(self.name, start.report, report))
 
-    def _part(self, model, inp: torch.Tensor, tgt: torch.Tensor, current: torch.Tensor, weight: torch.Tensor,
-              cfg, losses: Losses, shares: Tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
-        """KD on the current task's target positions plus weighted CE on the replayed ones, each
-        mean scaled by this rank's share of its global denominator (``shares``: KD, CE)."""
-        has_t = tgt != IGNORE
-        kd_rows = has_t & current[:, None]
-        ce_rows = has_t & ~current[:, None]
+    def _part(self, model, inp: torch.Tensor, tgt: torch.Tensor, kd_rows: torch.Tensor, ce_rows: torch.Tensor,
+              weight: torch.Tensor, cfg, losses: Losses, shares: Tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
+        """KD on the current task's target positions (``kd_rows``, flat) plus weighted CE on the
+        replayed ones (``ce_rows``), each mean scaled by this rank's share of its global
+        denominator (``shares``: KD, CE). The positions come from the host (``Batch.rows``) and
+        an empty selection gives 0 with a zero gradient, so nothing is read back."""
         h = hidden_states(model, inp)
         head = model.get_output_embeddings()
         t_head = self.teacher.get_output_embeddings()
         with torch.no_grad():
-            th = hidden_states(self.teacher, inp.clamp(max=t_head.weight.shape[0] - 1))[kd_rows]
-        # an empty selection gives 0 with a zero gradient, so no host check of the masks is needed
-        kd = losses.kd(h[kd_rows], head, th, t_head, cfg.temperature_kd)
-        ce = losses.ce(h[ce_rows], head, tgt[ce_rows], weight)
+            th = select(hidden_states(self.teacher, inp.clamp(max=t_head.weight.shape[0] - 1)), kd_rows)
+        kd = losses.kd(select(h, kd_rows), head, th, t_head, cfg.temperature_kd)
+        ce = losses.ce(select(h, ce_rows), head, select(tgt, ce_rows), weight)
         return shares[0] * kd + shares[1] * ce
 
     def loss(self, ctx: TaskContext, model: PreTrainedModel, batch: Batch, weight: torch.Tensor,
              shares: Shares = ONE_PROCESS) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        current = ~batch.is_pseudo
-        losses = ctx.setup.losses
-        qa = self._part(model, batch.qa_input, batch.qa_target, current, weight, ctx.cfg, losses,
-                        (shares.share("qa_kd"), shares.share("qa_ce")))
+        losses, rows = ctx.setup.losses, batch_rows(batch)
+        qa = self._part(model, batch.qa_input, batch.qa_target, rows["qa_cur"], rows["qa_rep"], weight, ctx.cfg,
+                        losses, (shares.share("qa_kd"), shares.share("qa_ce")))
         if not self.uses_lm_loss:
             return qa, {"qa_kd_loss": qa.detach()}
-        lm = self._part(model, batch.lm_input, batch.lm_target, current, weight, ctx.cfg, losses,
-                        (shares.share("lm_kd"), shares.share("lm_ce")))
+        lm = self._part(model, batch.lm_input, batch.lm_target, rows["lm_cur"], rows["lm_rep"], weight, ctx.cfg,
+                        losses, (shares.share("lm_kd"), shares.share("lm_ce")))
         return qa + ctx.cfg.lm_lambda * lm, {"qa_kd_loss": qa.detach(), "lm_kd_loss": lm.detach()}
 
     def after_task(self, ctx: TaskContext, model: PreTrainedModel) -> Report:
         report = self.base.after_task(ctx, model)
         self.teacher = None
         return report
+
+
+def batch_rows(batch: Batch) -> dict:
+    """``batch.rows``; computed here (on the batch's device) for a batch built without them."""
+    if batch.rows:
+        return batch.rows
+    return {**target_rows(batch.qa_target, batch.is_pseudo, "qa"), **target_rows(batch.lm_target, batch.is_pseudo,
+                                                                                "lm")}
