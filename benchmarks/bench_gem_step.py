@@ -100,7 +100,7 @@ def bench_step(args, device, records):
         t_step = time_fn(step, device, warmup=1, reps=args.reps)
         t_ab = time_fn(after_backward_only, device, warmup=1, reps=args.reps)
         t_pr = time_fn(project_only, device, warmup=1, reps=args.reps)
-        st = ctx.stats["gem"]
+        st = gem.counts
         from l2kd.ops.gem_project import _has_kernel
 
         records.append({"part": "step", "use_kernels": use_kernels,

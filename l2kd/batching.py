@@ -8,9 +8,6 @@ import numpy as np
 from l2kd.data.qa_format import Encoded
 
 LENGTH_EXPONENT = 1.163  # the original's memory model: cost of a batch = count * max_len ** 1.163
-# The original's per-strategy share of GPU memory for dynamic batches.
-MEMORY_FACTOR = {"lll": 0.35, "multilm": 0.35, "finetune": 0.58, "multitask": 0.58, "gem": 0.50,
-                 "ewc": 0.30, "mas": 0.18}
 
 
 def train_batches(examples: Sequence[Encoded], rng: np.random.Generator, batch_size: int,
@@ -43,15 +40,11 @@ def pack_by_budget(indices: List[int], lengths: List[int], budget: float, max_co
 
 
 def budget_for_device(device, memory_factor: float, cpu_tokens: int) -> float:
-    """Batch budget in the original's units: GPU memory MiB * factor; on CPU a token budget."""
+    """Batch budget in the original's units: free GPU memory MiB * ``memory_factor`` (the
+    strategy's trait, the original's per-strategy share); on CPU a token budget."""
     import torch
 
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return free / 2**20 * memory_factor
     return cpu_tokens * 40 ** (LENGTH_EXPONENT - 1)  # about cpu_tokens tokens of length-40 examples
-
-
-def strategy_budget(device, seq_train_type: str, cpu_tokens: int) -> float:
-    """The dynamic-batch budget of ``seq_train_type`` (a custom strategy counts as lll)."""
-    return budget_for_device(device, MEMORY_FACTOR.get(seq_train_type, 0.35), cpu_tokens)

@@ -33,7 +33,7 @@ from typing import Callable, Dict, Optional
 import torch
 
 from l2kd.checkpoint import load_task_model
-from l2kd.config import SamplingConfig, TrainConfig
+from l2kd.config import SamplingConfig, TrainConfig, keys_of
 from l2kd.data.qa_format import encode_example
 from l2kd.data.squad import QAExample, load_squad_file, squad_document
 from l2kd.data.tasks import task_file
@@ -51,8 +51,7 @@ TrainTeacher = Callable[[TrainConfig], str]  # trains a config, returns its run 
 
 
 # student-only settings, reset to their defaults in a teacher's configuration
-_STUDENT_ONLY = ("temperature_kd", "reg_lambda", "qp_margin", "reg_anchor", "ref1",
-                 "teacher_n_train_epochs", "teacher_learning_rate")
+_STUDENT_ONLY = keys_of(TrainConfig, student_only=True)  # from the config fields' metadata
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in _STUDENT_ONLY}
 
 

@@ -18,7 +18,19 @@ import os
 import re
 from typing import List, Sequence
 
+from l2kd.config import strategy_traits
 from l2kd.data.unbound import chunk_names, n_chunks
+
+
+class _JointTypes:
+    """``name in MULTI_TYPES``: whether the strategy called ``name`` trains one joint stage
+    (its traits say; kept for callers that test a name)."""
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and strategy_traits(name).joint
+
+
+MULTI_TYPES = _JointTypes()
 
 MODEL_FINISH = "model-finish"  # the original's final state dict of a task
 TASK_RECORD = "l2kd_task.json"  # summary of a finished task (written just before model-finish)
@@ -30,7 +42,6 @@ LOCK = ".l2kd.lock"  # held by the process training in the run folder
 ACCURACY_MATRIX = "accuracy_matrix.json"
 TRAIN_LOG = "log_train.txt"
 TEST_LOG = "log_test.txt"
-MULTI_TYPES = ("multitask", "multilm")  # one stage with every task, written into the run folder
 
 
 def model_tag(model_name: str) -> str:
@@ -40,10 +51,11 @@ def model_tag(model_name: str) -> str:
 
 def run_dir(model_dir_root: str, model_name: str, seq_train_type: str, tasks: Sequence[str],
             gen_lm_sample_percentage: float, seed: int) -> str:
-    """``root/model/type/T1_T2.._<pct>_<seed>`` for types containing ``lll``, else
-    ``root/model/type/T1_T2.._seed_<seed>`` (pct printed as a float, as the original)."""
+    """``root/model/type/T1_T2.._<pct>_<seed>`` for a strategy whose traits put the replay share
+    in the folder name (lll), else ``root/model/type/T1_T2.._seed_<seed>`` (pct printed as a
+    float, as the original)."""
     name = "_".join(tasks)
-    if "lll" in seq_train_type:
+    if strategy_traits(seq_train_type).pct_in_folder:
         name = f"{name}_{float(gen_lm_sample_percentage)}_{seed}"
     else:
         name = f"{name}_seed_{seed}"
@@ -57,15 +69,15 @@ def run_dir_of(cfg) -> str:
 
 
 def task_dir(run_directory: str, seq_train_type: str, task: str) -> str:
-    """Per-task folder; multitask and multilm write into the run folder itself."""
-    if seq_train_type in MULTI_TYPES:
+    """Per-task folder; a joint strategy (multitask, multilm) writes into the run folder itself."""
+    if strategy_traits(seq_train_type).joint:
         return run_directory
     return os.path.join(run_directory, task)
 
 
 def stages(seq_train_type: str, tasks: Sequence[str]) -> List[List[str]]:
-    """The training stages: one per task, or a single stage of all tasks for multitask/multilm."""
-    return [list(tasks)] if seq_train_type in MULTI_TYPES else [[t] for t in tasks]
+    """The training stages: one per task, or a single stage of all tasks for a joint strategy."""
+    return [list(tasks)] if strategy_traits(seq_train_type).joint else [[t] for t in tasks]
 
 
 def plan_stages(cfg, n_train: int = 0) -> List[List[str]]:
@@ -76,7 +88,7 @@ def plan_stages(cfg, n_train: int = 0) -> List[List[str]]:
     the ``n_train`` concatenated training questions (``ceil(n / ceil(n / K))`` of them), named
     ``task_0, task_1, ...`` as the original. ``n_train`` is only read with ``--unbound``.
     """
-    if cfg.unbound and cfg.seq_train_type not in MULTI_TYPES:
+    if cfg.unbound and not strategy_traits(cfg.seq_train_type).joint:
         if n_train < 1:
             raise ValueError(f"--unbound {cfg.unbound}: the tasks {' '.join(cfg.tasks)} have no training "
                              "examples to cut into chunks")
@@ -93,14 +105,3 @@ def saved_epochs(tdir: str) -> List[int]:
     """Epoch numbers of the ``model-<epoch>`` files in ``tdir``, ascending."""
     found = [int(m.group(1)) for f in os.listdir(tdir) if (m := re.fullmatch(r"model-(\d+)", f))]
     return sorted(found)
-
-
-def writable_root_error(model_dir_root: str) -> str:
-    """Why ``model_dir_root`` cannot be created or written, or "" when it can."""
-    existing = os.path.abspath(model_dir_root)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
-        return (f"--model_dir_root: {model_dir_root!r} cannot be created or written ({existing} is not a "
-                "writable directory)")
-    return ""

@@ -8,6 +8,7 @@ cross-entropy with ``ignore_index=-1``, without computing logits nobody reads.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
@@ -15,8 +16,44 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from l2kd.data.qa_format import IGNORE
+from l2kd.ops import kd_loss, kd_loss_ref
 from l2kd.ops.linear_cross_entropy import linear_cross_entropy
+from l2kd.ops.linear_kd_loss import linear_kd_loss
 from l2kd.tokenizer import SpecialIds
+
+
+@dataclass(frozen=True)
+class Losses:
+    """The run's loss implementations, chosen once (``--no_kernels`` sets ``use_kernels=False``).
+
+    ``ce`` is the chunked head + cross-entropy (plain PyTorch, so on either way; a head with a
+    bias gets the eager logits instead, as the fused path has no bias). ``kd`` is the fused
+    heads + KD loss with the compiled kernel (bias-free heads), else eager logits and
+    :func:`l2kd.ops.kd_loss` (the reference with ``use_kernels=False``).
+    """
+
+    use_kernels: bool = True
+
+    def ce(self, h: torch.Tensor, head: torch.nn.Module, target: torch.Tensor,
+           class_weight: torch.Tensor) -> torch.Tensor:
+        """Class-weighted mean cross-entropy of ``head(h)`` (rows ``[N, H]``) against ``target [N]``."""
+        if getattr(head, "bias", None) is None:
+            return linear_cross_entropy(h, head.weight, target, class_weight)
+        return weighted_ce(head(h), target, class_weight)
+
+    def kd(self, h: torch.Tensor, head: torch.nn.Module, h_teacher: torch.Tensor, teacher_head: torch.nn.Module,
+           temperature: float) -> torch.Tensor:
+        """Word-KD loss of the student's ``head(h)`` against the teacher's ``teacher_head(h_teacher)``
+        (rows ``[N, H]``; no gradient to the teacher)."""
+        biased = getattr(head, "bias", None) is not None or getattr(teacher_head, "bias", None) is not None
+        if self.use_kernels and not biased:  # no [N, V] student or teacher logits
+            return linear_kd_loss(h.to(head.weight.dtype), head.weight, h_teacher.to(teacher_head.weight.dtype),
+                                  teacher_head.weight, temperature)
+        s_logits = head(h)
+        with torch.no_grad():
+            t_logits = teacher_head(h_teacher)
+        kd = kd_loss if self.use_kernels else kd_loss_ref
+        return kd(s_logits, t_logits.to(s_logits.dtype), None, temperature)
 
 
 def token_weights(vocab_size: int, ids: SpecialIds, tokens_weight: float, device: torch.device) -> torch.Tensor:
@@ -71,27 +108,43 @@ def weighted_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
     return F.cross_entropy(logits.float(), target, weight=w)
 
 
+def select(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The positions ``rows`` (flat, row-major) of ``x`` ``[B, L, ...]``: an index_select whose
+    size the host knows, so unlike a boolean mask it does not wait for the device."""
+    return x.flatten(0, 1).index_select(0, rows)
+
+
 def head_ce(model: PreTrainedModel, input_ids: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
-            chunked: bool = True) -> torch.Tensor:
+            chunked: bool = True, losses: Optional[Losses] = None, rows: Optional[torch.Tensor] = None
+            ) -> torch.Tensor:
     """Weighted-mean cross-entropy of the LM head on the positions that have a target.
 
-    ``chunked`` uses :func:`l2kd.ops.linear_cross_entropy` (no ``[N, V]`` logits, same value
-    and gradients); otherwise the eager logits + ``F.cross_entropy``.
+    Through ``losses.ce`` (the chunked :func:`l2kd.ops.linear_cross_entropy`: no ``[N, V]``
+    logits, same value and gradients); ``chunked=False`` without ``losses`` computes the eager
+    logits + ``F.cross_entropy`` (the reference the tests compare with). ``rows``: the flat
+    positions with a target when the caller knows them (``Batch.rows``), else a boolean mask
+    selects them (a host read on a GPU).
     """
-    head = model.get_output_embeddings()
-    if chunked and getattr(head, "bias", None) is None:
+    if losses is None and not chunked:
+        logits, tgt, _ = selected_logits(model, input_ids, target)
+        return weighted_ce(logits, tgt, weight)
+    h = hidden_states(model, input_ids)
+    if rows is None:
         mask = target != IGNORE
-        h = hidden_states(model, input_ids)[mask]
-        return linear_cross_entropy(h, head.weight, target[mask], weight)
-    logits, tgt, _ = selected_logits(model, input_ids, target)
-    return weighted_ce(logits, tgt, weight)
+        h, tgt = h[mask], target[mask]
+    else:
+        h, tgt = select(h, rows), select(target, rows)
+    return (losses or Losses()).ce(h, model.get_output_embeddings(), tgt, weight)
 
 
 def qa_lm_loss(model: PreTrainedModel, qa_input: torch.Tensor, qa_target: torch.Tensor,
                lm_input: Optional[torch.Tensor], lm_target: Optional[torch.Tensor],
-               weight: torch.Tensor, chunked: bool = True) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """QA loss and (when ``lm_input`` is given) LM loss, each a weighted-mean cross-entropy."""
-    qa = head_ce(model, qa_input, qa_target, weight, chunked)
+               weight: torch.Tensor, chunked: bool = True, losses: Optional[Losses] = None,
+               rows: Optional[dict] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """QA loss and (when ``lm_input`` is given) LM loss, each a weighted-mean cross-entropy
+    (``rows``: ``Batch.rows``, the positions with a target, when known)."""
+    rows = rows or {}
+    qa = head_ce(model, qa_input, qa_target, weight, chunked, losses, rows.get("qa"))
     if lm_input is None:
         return qa, None
-    return qa, head_ce(model, lm_input, lm_target, weight, chunked)
+    return qa, head_ce(model, lm_input, lm_target, weight, chunked, losses, rows.get("lm"))

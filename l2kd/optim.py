@@ -56,8 +56,16 @@ class OriginalAdamW(torch.optim.Optimizer):
                                       correct_bias=correct_bias))
 
     @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], torch.Tensor]] = None) -> Optional[torch.Tensor]:
-        """One update of every parameter that has a gradient (the others keep their state)."""
+    def step(self, closure: Optional[Callable[[], torch.Tensor]] = None,
+             keep: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """One update of every parameter that has a gradient (the others keep their state).
+
+        ``keep``: a 0-dim float tensor on the parameters' device, 1.0 to update and 0.0 to
+        leave parameters and moments as they are (a non-finite step skipped without reading
+        the flag on the host; the gradients must be finite, e.g. zeroed). With 1.0 the result
+        is bit-identical to ``keep=None``: the moments are scaled by the same factor as a
+        tensor, and the denominator and the decay source are divided by 1.0.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -80,10 +88,19 @@ class OriginalAdamW(torch.optim.Optimizer):
                 buckets.setdefault((p.device, p.dtype, state["step"]), []).append(p)
             for (device, _, t), params in buckets.items():
                 if device.type == "cpu":
-                    self._update_sliced(group, t, params)
+                    self._update_sliced(group, t, params, keep)
                 else:
-                    self._update(group, t, params)
+                    self._update(group, t, params, keep)
         return loss
+
+    @staticmethod
+    def _factors(group: dict, keep: Optional[torch.Tensor]):
+        """The moments' decay factors: ``beta`` as numbers, or as tensors that are 1 when ``keep`` is 0."""
+        beta1, beta2 = group["betas"]
+        if keep is None:
+            return beta1, beta2
+        one = torch.ones_like(keep)
+        return torch.where(keep > 0, keep * beta1, one), torch.where(keep > 0, keep * beta2, one)
 
     @staticmethod
     def _step_size(group: dict, t: int) -> float:
@@ -93,9 +110,12 @@ class OriginalAdamW(torch.optim.Optimizer):
         # In double precision on the host, as the original.
         return group["lr"] * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
 
-    def _update_sliced(self, group: dict, t: int, params: List[torch.Tensor]) -> None:
+    def _update_sliced(self, group: dict, t: int, params: List[torch.Tensor],
+                       keep: Optional[torch.Tensor] = None) -> None:
         """The per-tensor update, slice by slice (CPU; see the module docstring)."""
         beta1, beta2 = group["betas"]
+        f1, f2 = self._factors(group, keep)
+        skip_div = None if keep is None else torch.reciprocal(keep)
         eps, decay = group["eps"], group["lr"] * group["weight_decay"]
         step_size = self._step_size(group, t)
         buf = torch.empty(min(CPU_SLICE, max(p.numel() for p in params)), dtype=params[0].dtype)
@@ -113,29 +133,42 @@ class OriginalAdamW(torch.optim.Optimizer):
                 else:
                     x, g, m, v = (f[lo: lo + width] for f in flat)
                     d = buf[: x.numel()]
-                m.mul_(beta1).add_(g, alpha=1.0 - beta1)
-                v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+                m.mul_(f1).add_(g, alpha=1.0 - beta1)
+                v.mul_(f2).addcmul_(g, g, value=1.0 - beta2)
                 torch.sqrt(v, out=d)
                 d.add_(eps)
+                if keep is not None:  # a skipped step divides by inf: no change
+                    d.div_(keep)
                 x.addcdiv_(m, d, value=-step_size)
                 if group["weight_decay"] > 0.0:
-                    x.add_(x, alpha=-decay)
+                    if keep is None:
+                        x.add_(x, alpha=-decay)
+                    else:  # x / (1 / keep): x, or 0 when skipped
+                        x.add_(torch.div(x, skip_div, out=d), alpha=-decay)
 
-    def _update(self, group: dict, t: int, params: List[torch.Tensor]) -> None:
+    def _update(self, group: dict, t: int, params: List[torch.Tensor], keep: Optional[torch.Tensor] = None) -> None:
         beta1, beta2 = group["betas"]
+        f1, f2 = self._factors(group, keep)
         grads = [p.grad for p in params]
         m = [self.state[p]["exp_avg"] for p in params]
         v = [self.state[p]["exp_avg_sq"] for p in params]
-        torch._foreach_mul_(m, beta1)
+        torch._foreach_mul_(m, f1)
         torch._foreach_add_(m, grads, alpha=1.0 - beta1)
-        torch._foreach_mul_(v, beta2)
+        torch._foreach_mul_(v, f2)
         torch._foreach_addcmul_(v, grads, grads, value=1.0 - beta2)
         denom = torch._foreach_sqrt(v)
         torch._foreach_add_(denom, group["eps"])
+        if keep is not None:  # a skipped step divides by inf: no change
+            torch._foreach_div_(denom, keep)
         torch._foreach_addcdiv_(params, m, denom, value=-self._step_size(group, t))
         if group["weight_decay"] > 0.0:
             # p + alpha * p (not p * (1 - lr*wd)): the same rounding as the original's add_.
-            torch._foreach_add_(params, params, alpha=-group["lr"] * group["weight_decay"])
+            src = params
+            if keep is not None:  # p / (1 / keep) into the denominator's buffers: p, or 0 when skipped
+                torch._foreach_copy_(denom, params)
+                torch._foreach_div_(denom, torch.reciprocal(keep))
+                src = denom
+            torch._foreach_add_(params, src, alpha=-group["lr"] * group["weight_decay"])
 
 
 def parameter_groups(model: torch.nn.Module, cfg: TrainConfig) -> List[dict]:

@@ -19,7 +19,8 @@ the training summary ``<run>/l2kd_run.json``, then
 Strategy names: ``config.seq_train_type``, plus ``+word_kd`` for ``--distil`` and ``+seq_kd``
 for ``--seq_distil``. Without ``l2kd_run.json`` the type and seed are read from the run
 folder's name (the original's layout, :func:`l2kd.settings.run_dir`), distillation unknown.
-Multitask/multilm runs have one matrix row: no backward transfer, forgetting or forward
+Runs of a joint strategy (multitask, multilm: the traits l2kd_run.json records, else the
+registry's) have one matrix row: no backward transfer, forgetting or forward
 transfer (shown as ``-``); nor have ``--unbound`` runs, whose rows are the chunks ``task_0, ...``
 (named by the matrix file's ``stages``), not the tasks.
 
@@ -34,20 +35,34 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Dict, List, Optional, Sequence, Tuple
 
 DPI = 100
 STD_DDOF = 1
 SUMMARY_KEYS = ("average", "backward_transfer", "forgetting", "forward_transfer")
 SHORT = {"average": "avg", "backward_transfer": "BWT", "forgetting": "forget", "forward_transfer": "FWT"}
-MULTI_TYPES = ("multitask", "multilm")
-KNOWN_TYPES = ("lll", "finetune", "multitask", "multilm", "mas", "ewc", "gem")
-# config fields that do not change what is learned: runs differing only in these (and the
-# seed) are seeds of one method
-RUNTIME_KEYS = frozenset({
-    "seed", "data_dir", "model_dir_root", "device", "quiet", "logging_steps", "test_batch_size",
-    "teacher_dir", "use_kernels", "skip_tasks", "n_workers", "n_gpus", "debug",
-})
+
+
+@lru_cache(maxsize=1)
+def runtime_keys() -> frozenset:
+    """Config fields that change neither what is learnt nor how it is scored (kind runtime in
+    the config's metadata): runs differing only in these and the seed are seeds of one method.
+    Read on first use: the config module imports torch, which a report of good inputs defers."""
+    from l2kd.config import RUNTIME, TrainConfig, keys_of
+
+    return frozenset({"seed"}) | keys_of(TrainConfig, (RUNTIME,))
+
+
+def _traits(kind: str, recorded: Optional[dict] = None) -> Dict[str, bool]:
+    """``joint`` and ``pct_in_folder`` of strategy ``kind``: as the run recorded them
+    (``l2kd_run.json``), else from the registry (None for a name nobody registered)."""
+    if isinstance(recorded, dict):
+        return {k: bool(recorded.get(k)) for k in ("joint", "pct_in_folder")}
+    from l2kd.config import strategy_class
+
+    cls = strategy_class(kind) if kind else None
+    return {"joint": cls.traits.joint, "pct_in_folder": cls.traits.pct_in_folder} if cls else {}
 
 
 class ReportError(ValueError):
@@ -124,9 +139,10 @@ def _from_layout(run_dir: str) -> Tuple[Optional[str], Optional[int]]:
     """(seq_train_type, seed) from ``root/model/<type>/<T1_T2..>_<pct>_<seed>`` or ``.._seed_<seed>``."""
     path = os.path.normpath(os.path.abspath(run_dir))
     base, parent = os.path.basename(path), os.path.basename(os.path.dirname(path))
-    kind = parent if parent in KNOWN_TYPES else None
-    m = re.search(r"_seed_(-?\d+)$", base) or (re.search(r"_\d+(?:\.\d+)?_(-?\d+)$", base) if kind and "lll" in kind
-                                                else None)
+    traits = _traits(parent)
+    kind = parent if traits else None
+    m = re.search(r"_seed_(-?\d+)$", base) or (re.search(r"_\d+(?:\.\d+)?_(-?\d+)$", base)
+                                                if traits.get("pct_in_folder") else None)
     return kind, (int(m.group(1)) if m else None)
 
 
@@ -164,12 +180,14 @@ def load_run(run_dir: str) -> RunRecord:
         raise ReportError(f"{mpath} is malformed: {len(matrix)} matrix rows for {len(tasks)} tasks; {hint}")
     rows_are_tasks = stages is None or stages == list(tasks[: len(stages)])
 
-    config = None
+    config, recorded = None, None
     rpath = os.path.join(run_dir, "l2kd_run.json")
     if os.path.isfile(rpath):
         summary = _read_json(rpath, "it is the training summary written by `python -m l2kd.train`")
         if isinstance(summary, dict) and isinstance(summary.get("config"), dict):
             config = summary["config"]
+            recorded = (summary.get("strategy") or {}).get("traits") if isinstance(summary.get("strategy"),
+                                                                                  dict) else None
     if config is not None:
         strategy = strategy_name(config)
         seed = config.get("seed")
@@ -180,7 +198,7 @@ def load_run(run_dir: str) -> RunRecord:
         strategy = kind or "?"
         kind = kind or ""
     one_stage_of_all = stages is None or "+" in stages[0]  # not a single --unbound chunk
-    multitask = kind in MULTI_TYPES or (len(matrix) == 1 and len(tasks) > 1 and one_stage_of_all)
+    multitask = bool(_traits(kind, recorded).get("joint")) or (len(matrix) == 1 and len(tasks) > 1 and one_stage_of_all)
     rec = RunRecord(run_dir=run_dir, tasks=list(tasks), matrix=matrix, strategy=strategy, seed=seed,
                     multitask=multitask, config=config,
                     metrics=data.get("metrics") if isinstance(data.get("metrics"), dict) else {},
@@ -219,7 +237,7 @@ def _config_key(config: Optional[dict]) -> Dict[str, str]:
         return {}
     # --unbound off is what a run recorded before the flag existed meant: the same method
     return {k: json.dumps(v, sort_keys=True) for k, v in config.items()
-            if k not in RUNTIME_KEYS and k != "tasks" and not (k == "unbound" and not v)}
+            if k not in runtime_keys() and k != "tasks" and not (k == "unbound" and not v)}
 
 
 def _plain(value: str) -> str:

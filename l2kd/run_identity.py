@@ -17,13 +17,12 @@ import socket
 import time
 from typing import Dict, List, Optional
 
-# Keys that do not change what is learnt: where things live, how the run executes and logs,
-# and test-time settings (recorded beside the scores instead).
-RUNTIME_KEYS = frozenset({
-    "data_dir", "model_dir_root", "teacher_root", "device", "use_kernels", "quiet", "logging_steps",
-    "checkpoint_steps", "skip_tasks", "test_batch_size", "test_all", "max_test_examples", "qa_sampling",
-    "test_training_set", "discard_stale", "extra_e2e",
-})
+from l2kd.config import RUNTIME, TEST, SamplingConfig, TrainConfig, keys_of
+
+# Keys that do not change what is learnt: where things live, how the run executes and logs
+# (kind runtime), and test-time settings (kind test, recorded beside the scores instead); read
+# from the config fields' metadata.
+RUNTIME_KEYS = keys_of(TrainConfig, (RUNTIME, TEST))
 DISCARD_FLAG = "--discard_stale"
 
 
@@ -34,7 +33,7 @@ def _jsonable(value):
 def learning_config(cfg) -> Dict[str, object]:
     """The keys of ``cfg`` that define what a run learns, as plain JSON values."""
     d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_KEYS}
-    d["lm_sampling"] = {k: v for k, v in d["lm_sampling"].items() if k != "use_kernels"}
+    d["lm_sampling"] = {k: v for k, v in d["lm_sampling"].items() if k not in keys_of(SamplingConfig, (RUNTIME,))}
     if not d.get("unbound"):  # recorded only when on: folders learnt before the flag existed stay reusable
         d.pop("unbound", None)
     return _jsonable(d)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 
+DECAY_STYLES = ("linear", "cos", "constant")  # the styles annealing_lr implements
+
 
 def annealing_lr(n: float, start_lr: float, warmup: float, end: float, style: str = "linear") -> float:
     """Learning rate after ``n`` clock ticks (examples, or steps in the textbook variant)."""
@@ -21,7 +23,8 @@ def annealing_lr(n: float, start_lr: float, warmup: float, end: float, style: st
         return start_lr / 2.0 * (math.cos(math.pi * (n - warmup) / end) + 1)
     if style == "constant":
         return start_lr
-    raise ValueError(f"--decay_style {style!r} is not supported (linear, cos, constant; the original raises on exp)")
+    raise ValueError(f"--decay_style {style!r} is not supported ({', '.join(DECAY_STYLES)}; the original raises on "
+                     "exp)")
 
 
 class LRSchedule:

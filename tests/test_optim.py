@@ -205,3 +205,29 @@ def test_rejects_bad_hyperparameters() -> None:
         OriginalAdamW(p, lr=-1.0)
     with pytest.raises(ValueError, match="betas"):
         OriginalAdamW(p, betas=(1.0, 0.999))
+
+
+@pytest.mark.parametrize("impl", [OriginalAdamW, ForeachAdamW])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_keep_flag_is_bit_identical_or_leaves_everything(weight_decay: float, impl) -> None:
+    """``step(keep=1.0)`` is the plain step bit for bit; ``step(keep=0.0)`` (a non-finite step
+    skipped on the device, its gradients zeroed) changes no parameter and no moment."""
+    torch.manual_seed(0)
+    params = [torch.randn(300, 7), torch.randn(5)]
+    grads = [[torch.randn_like(p) for p in params] for _ in range(3)]
+    a = [p.clone().requires_grad_() for p in params]
+    b = [p.clone().requires_grad_() for p in params]
+    oa = impl(a, lr=1e-3, eps=1e-4, weight_decay=weight_decay)
+    ob = impl(b, lr=1e-3, eps=1e-4, weight_decay=weight_decay)
+    for gs in grads:
+        for p, q, g in zip(a, b, gs):
+            p.grad, q.grad = g.clone(), g.clone()
+        oa.step()
+        ob.step(keep=torch.tensor(1.0))
+        assert all(torch.equal(p, q) for p, q in zip(a, b))
+    before = [q.detach().clone() for q in b] + [ob.state[q][k].clone() for q in b for k in ("exp_avg", "exp_avg_sq")]
+    for q in b:
+        q.grad = torch.zeros_like(q)
+    ob.step(keep=torch.tensor(0.0))
+    after = [q.detach() for q in b] + [ob.state[q][k] for q in b for k in ("exp_avg", "exp_avg_sq")]
+    assert all(torch.equal(x, y) for x, y in zip(before, after))

@@ -86,3 +86,44 @@ def test_unwritable_model_root_is_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--data_dir", str(tmp_path), "--model_dir_root", str(f / "sub")])
     assert "--model_dir_root" in capsys.readouterr().err
+
+
+def test_decay_style_exp_is_refused_before_anything_runs(tmp_path, capsys):
+    """The original's parser takes --decay_style exp but no schedule implements it: refused at
+    parse time naming the styles that work, not once warmup ends."""
+    from l2kd.config import ConfigError, TrainConfig
+    from l2kd.schedule import DECAY_STYLES, annealing_lr
+
+    with pytest.raises(SystemExit):
+        parse_args(["--data_dir", str(tmp_path), "--model_dir_root", str(tmp_path), "--decay_style", "exp"])
+    err = capsys.readouterr().err
+    assert "--decay_style: must be linear, cos or constant" in err and "(got exp)" in err
+    with pytest.raises(ConfigError, match="--decay_style"):
+        TrainConfig(tasks=("rnnlg.rest",), data_dir=".", model_dir_root=".", decay_style="exp")
+    for style in DECAY_STYLES:  # every style the check lets through runs past warmup
+        assert annealing_lr(50, 1.0, 10, 100, style) >= 0.0
+
+
+def test_every_flag_has_help_and_the_identity_sets_come_from_the_fields():
+    from l2kd.config import RUNTIME, TEST, TrainConfig, keys_of
+    from l2kd.distillation import _STUDENT_ONLY
+    from l2kd.reporting import runtime_keys
+    from l2kd.run_identity import RUNTIME_KEYS
+
+    parser = build_parser()
+    flags = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert len(flags) >= 51 and all(a.help for a in flags), [a.dest for a in flags if not a.help]
+    no_kernels = next(a for a in flags if a.dest == "no_kernels")
+    assert "chunked head+cross-entropy is plain PyTorch and stays on" in no_kernels.help
+    assert RUNTIME_KEYS == keys_of(TrainConfig, (RUNTIME, TEST)) and "use_kernels" in RUNTIME_KEYS
+    assert "learning_rate" not in RUNTIME_KEYS and "teacher_dir" not in RUNTIME_KEYS
+    assert runtime_keys() == {"seed"} | keys_of(TrainConfig, (RUNTIME,))
+    assert set(_STUDENT_ONLY) == {"temperature_kd", "reg_lambda", "qp_margin", "reg_anchor", "ref1",
+                                  "teacher_n_train_epochs", "teacher_learning_rate"}
+
+
+def test_no_kernels_is_stored_once():
+    from l2kd.config import TrainConfig
+
+    cfg = TrainConfig(tasks=("rnnlg.rest",), data_dir=".", model_dir_root=".", use_kernels=False)
+    assert not cfg.lm_sampling.use_kernels and not cfg.qa_sampling.use_kernels

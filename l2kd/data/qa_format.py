@@ -18,7 +18,7 @@ is needed for training.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -118,22 +118,39 @@ def _test_prompt(c: List[int], sep_q: List[int], ans: int, max_len: int) -> List
 
 @dataclass
 class Batch:
-    """Padded training tensors for a list of :class:`Encoded` (``[B, L]`` each)."""
+    """Padded training tensors for a list of :class:`Encoded` (``[B, L]`` each), and what is
+    known of them on the host before they move to a device: the flat positions that have a
+    target (``rows``) and the number of LM target tokens, so that neither needs a read back."""
 
     qa_input: torch.Tensor
     qa_target: torch.Tensor
     lm_input: torch.Tensor
     lm_target: torch.Tensor
     is_pseudo: torch.Tensor  # bool [B]
+    # flat (row-major [B * L]) positions with a target, int64, by part: "qa", "lm", and per part
+    # those of the current task's rows ("qa_cur", "lm_cur") and of the replayed ones ("qa_rep", "lm_rep")
+    rows: Dict[str, torch.Tensor] = field(default_factory=dict)
+    n_tokens: int = 0  # LM target tokens (the throughput unit), counted when the batch was built
 
     def to(self, device: torch.device) -> "Batch":
-        return Batch(*(t.to(device, non_blocking=True) for t in
-                       (self.qa_input, self.qa_target, self.lm_input, self.lm_target, self.is_pseudo)))
+        """The batch on ``device``; on a GPU copied from pinned memory without waiting."""
+        pin = torch.device(device).type == "cuda"
 
-    @property
-    def n_tokens(self) -> int:
-        """Number of LM target tokens (the throughput unit)."""
-        return int((self.lm_target != IGNORE).sum())
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return (t.pin_memory() if pin else t).to(device, non_blocking=True)
+
+        return Batch(*(move(t) for t in (self.qa_input, self.qa_target, self.lm_input, self.lm_target,
+                                         self.is_pseudo)),
+                     rows={k: move(v) for k, v in self.rows.items()}, n_tokens=self.n_tokens)
+
+
+def target_rows(target: torch.Tensor, is_pseudo: torch.Tensor, part: str) -> Dict[str, torch.Tensor]:
+    """The flat positions of ``target`` (``[B, L]``, on the host) that have a target: all, the
+    current task's rows' and the replayed rows', keyed ``part``, ``part_cur``, ``part_rep``."""
+    has = target != IGNORE
+    pseudo = is_pseudo[:, None].expand_as(has)
+    flat = lambda m: torch.nonzero(m.reshape(-1)).reshape(-1)  # noqa: E731
+    return {part: flat(has), f"{part}_cur": flat(has & ~pseudo), f"{part}_rep": flat(has & pseudo)}
 
 
 def _pad(rows: List[List[int]], value: int) -> torch.Tensor:
@@ -153,10 +170,12 @@ def collate(examples: Sequence[Encoded], ids: SpecialIds) -> Batch:
         qa_tg.append([IGNORE] * (len(ex.cq) - 1) + ex.answer + [ids.eos])
         lm_in.append([ex.gen_id] + cqa)
         lm_tg.append(cqa + [ids.eos])
+    qa_target, lm_target = _pad(qa_tg, IGNORE), _pad(lm_tg, IGNORE)
+    is_pseudo = torch.tensor([ex.is_pseudo for ex in examples], dtype=torch.bool)
     return Batch(
-        qa_input=_pad(qa_in, ids.pad), qa_target=_pad(qa_tg, IGNORE),
-        lm_input=_pad(lm_in, ids.pad), lm_target=_pad(lm_tg, IGNORE),
-        is_pseudo=torch.tensor([ex.is_pseudo for ex in examples], dtype=torch.bool),
+        qa_input=_pad(qa_in, ids.pad), qa_target=qa_target, lm_input=_pad(lm_in, ids.pad), lm_target=lm_target,
+        is_pseudo=is_pseudo, rows={**target_rows(qa_target, is_pseudo, "qa"), **target_rows(lm_target, is_pseudo, "lm")},
+        n_tokens=sum(len(t) for t in lm_tg),
     )
 
 

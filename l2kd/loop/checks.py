@@ -102,7 +102,7 @@ def check_encoded(examples: Sequence[Encoded], stage: str, model_name: str, n_to
 def config_warnings(cfg: TrainConfig) -> List[str]:
     """Flag combinations that are accepted but do less than they suggest (one line each)."""
     out = []
-    replaying = "lll" in cfg.seq_train_type or cfg.seq_train_type == "gem"
+    replaying = cfg.traits.replays
     default_pct = TrainConfig.__dataclass_fields__["gen_lm_sample_percentage"].default
     if not replaying and cfg.gen_lm_sample_percentage != default_pct:
         out.append(f"--gen_lm_sample_percentage {cfg.gen_lm_sample_percentage} has no effect with --seq_train_type "
@@ -110,7 +110,7 @@ def config_warnings(cfg: TrainConfig) -> List[str]:
     if cfg.unbound and cfg.dynamic_epochs:
         out.append(f"--dynamic_epochs has no effect with --unbound {cfg.unbound}: every chunk trains "
                    f"--n_train_epochs {cfg.n_train_epochs} epochs (the original skips the dynamic epochs there too)")
-    if cfg.seq_train_type in ("multitask", "multilm") and cfg.dynamic_epochs:
+    if cfg.traits.joint and cfg.dynamic_epochs:
         out.append(f"--dynamic_epochs has no effect with --seq_train_type {cfg.seq_train_type}: the joint stage trains "
                    f"--n_train_epochs {cfg.n_train_epochs} epochs (as the original)")
     if cfg.real_sample and cfg.distil:

@@ -25,7 +25,7 @@ import torch
 
 from l2kd import distributed as dist
 from l2kd.checkpoint import UnreadableStateFile, load_finished_state, load_task_model, resume_identity
-from l2kd.config import ConfigError, TrainConfig, check_paths
+from l2kd.config import ConfigError, TrainConfig, check_paths, strategy_problems
 from l2kd.data.loading import load_task_paragraphs
 from l2kd.data.multitask import arrange_stage, embedding_rows, task_specific_gen
 from l2kd.data.qa_format import Encoded
@@ -34,7 +34,7 @@ from l2kd.data.tasks import answers_path, get_task, task_file
 from l2kd.data.unbound import chunk_bounds, chunk_paragraphs, chunk_record, concatenated_training_data
 from l2kd.io_utils import atomic_write_json, remove_stale_temps
 from l2kd.layout import (CHECKPOINT, LOCK, RUN_RECORD, TASK_RECORD, TRAIN_LOG, is_finished, plan_stages,
-                         run_dir_of, task_dir, writable_root_error)
+                         run_dir_of, task_dir)
 from l2kd.loop.checks import (check_encoded, check_skip_tasks, check_special_ids, check_tokenizer,
                               log_config_warnings, preflight_distil)
 from l2kd.loop.failures import check_finished_files, report_fatal, set_aside_checkpoint
@@ -44,7 +44,7 @@ from l2kd.rng import restore_rng
 from l2kd.run_identity import (IdentityMismatch, RunLock, differences, learning_config, mismatch_message,
                                read_task_identity)
 from l2kd.runtime import log_to, precision_context, resolve_device, seed_everything
-from l2kd.strategies import Strategy, TaskContext, make_strategy
+from l2kd.strategies import StepSetup, Strategy, TaskContext, make_strategy
 from l2kd.tokenizer import add_special_tokens, load_base_tokenizer
 
 log = logging.getLogger("l2kd")
@@ -64,9 +64,9 @@ def train_sequence(cfg: TrainConfig, strategy: Optional[Strategy] = None,
     """
     strategy = strategy or make_strategy(cfg)
     check_paths(cfg)
-    root_error = writable_root_error(cfg.model_dir_root)
-    if root_error:
-        raise ConfigError(root_error)
+    problems = strategy_problems(cfg, strategy.traits)  # the strategy's own traits, a user class's too
+    if problems:
+        raise ConfigError("; ".join(problems))
     dist.init_from_env()
     device = dist.local_device(resolve_device(cfg.device))
     rdir = run_dir_of(cfg)
@@ -132,6 +132,7 @@ def _run(cfg: TrainConfig, strategy: Strategy, rdir: str, device: torch.device, 
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     summary: Dict[str, object] = {"run_dir": rdir, "config": dataclasses.asdict(cfg), "identity": identity,
+                                  "strategy": {"name": strategy.name, "traits": _traits_record(strategy)},
                                   "tasks": {}}
     prev_examples: Dict[str, List[Encoded]] = {}
     prev_dir: Optional[str] = None
@@ -142,26 +143,31 @@ def _run(cfg: TrainConfig, strategy: Strategy, rdir: str, device: torch.device, 
         tdir = task_dir(rdir, cfg.seq_train_type, stage[0])
         ids = add_special_tokens(tok, seen, cfg.add_task_tokens, cfg.use_sep)
         check_special_ids(tok, ids, seen, cfg.add_task_tokens, cfg.model_name)
-        resize_for_tokenizer(model, embedding_rows(len(tok), cfg.multitask_specific))
+        rows = embedding_rows(len(tok), cfg.multitask_specific)
+        resize_for_tokenizer(model, rows)
         ctx = TaskContext(index=index, tasks=tuple(stage), prev_tasks=tuple(seen[: -len(stage)]), cfg=cfg,
                           run_dir=rdir, tokenizer=tok, ids=ids, task_dir=tdir, prev_task_dir=prev_dir,
-                          prev_train_examples=dict(prev_examples), max_len=max_len, device=device,
-                          generator=generator, rng=rng, logger=log, train_teacher=_train_teacher)
-        name = "+".join(stage)
+                          prev_train_examples=prev_examples, max_len=max_len, device=device,
+                          generator=generator, rng=rng, logger=log, train_teacher=_train_teacher,
+                          setup=StepSetup.build(cfg, rows, ids, device, strategy.traits))
+        name = ctx.name
         chunk = list(pool[bounds[index][0]:bounds[index][1]]) if cfg.unbound else None
         skipped = bool(cfg.skip_tasks) and set(stage) <= set(cfg.skip_tasks)
         if _restorable(tdir, name, skipped):
-            ctx.train_examples = _examples(cfg, stage, tok, ids, max_len, rng, chunk=chunk)
+            ctx = dataclasses.replace(ctx, train_examples=_examples(cfg, stage, tok, ids, max_len, rng, chunk=chunk))
             check_encoded(ctx.train_examples, name, cfg.model_name, len(tok))
             summary["tasks"][name] = _restore_finished(model, strategy, ctx)
         else:
             sources = [strategy.training_data(ctx, t) for t in stage]
+            loop_record = {}
             if chunk is not None:
                 _no_other_source(strategy, name, sources)
-                ctx.stats["unbound"] = chunk_record(chunk, index, bounds[index][0])
-            ctx.train_examples = _examples(cfg, stage, tok, ids, max_len, rng, sources, chunk)
+                loop_record["unbound"] = chunk_record(chunk, index, bounds[index][0])
+            ctx = dataclasses.replace(ctx, train_examples=_examples(cfg, stage, tok, ids, max_len, rng, sources,
+                                                                    chunk))
             check_encoded(ctx.train_examples, name, cfg.model_name, len(tok), ", ".join(s for s in sources if s))
-            summary["tasks"][name] = train_task(model, tok, ctx, strategy, precision, max_size, identity)
+            extra = {"loop_record": loop_record} if loop_record else {}
+            summary["tasks"][name] = train_task(model, tok, ctx, strategy, precision, max_size, identity, **extra)
         for t in stage:
             prev_examples[t] = [e for e in ctx.train_examples if e.task == t]
         prev_dir = tdir
@@ -169,6 +175,13 @@ def _run(cfg: TrainConfig, strategy: Strategy, rdir: str, device: torch.device, 
         atomic_write_json(os.path.join(rdir, RUN_RECORD), summary)
     dist.barrier()
     return summary
+
+
+def _traits_record(strategy: Strategy) -> Dict[str, object]:
+    """The strategy's traits as plain values (the report reads a run's layout from them)."""
+    t = strategy.traits
+    return {"joint": t.joint, "replays": t.replays, "pct_in_folder": t.pct_in_folder,
+            "memory_factor": t.memory_factor, "accepts": sorted(t.accepts)}
 
 
 def _restorable(tdir: str, name: str, skipped: bool) -> bool:

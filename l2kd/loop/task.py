@@ -2,10 +2,19 @@
 
 ``train_task`` reads top to bottom: the strategy's ``before_task`` (replay data), the plan of
 every epoch's batches with its optimizer and schedule, the resume state of an interrupted
-run, the steps, and the task's outputs. Each part is a function that fits on a screen.
+run, the steps, and the task's outputs. One :class:`TaskRun` holds the task's run state, so
+every part takes it alone. Each part is a function that fits on a screen.
+
+A step that does not log never reads the device (on a GPU every read waits for the queued
+work): the loss, its parts and the gradient norm stay tensors, the epoch's running loss and
+the count of non-finite steps accumulate on the device (:class:`DeviceStats`), and a
+non-finite step is skipped there (its gradients zeroed, the optimizer told to keep every
+value, as a grad scaler does). The host reads them at logging steps, checkpoints, epoch ends
+and every :data:`HEALTH_STEPS` steps, which bounds how long a diverged run goes on.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -17,33 +26,37 @@ import torch
 from tqdm.auto import tqdm
 
 from l2kd import distributed as dist
-from l2kd.batching import strategy_budget, train_batches
+from l2kd.batching import train_batches
 from l2kd.checkpoint import drop_resume_state, load_resume_state, save_resume_state, save_task_outputs
 from l2kd.config import TrainConfig
-from l2kd.data.multitask import embedding_rows, shuffles_batches
+from l2kd.data.multitask import shuffles_batches
 from l2kd.data.qa_format import Encoded, collate
 from l2kd.io_utils import atomic_torch_save
-from l2kd.layout import CHECKPOINT, MULTI_TYPES
-from l2kd.losses import LOSS_PARTS, loss_denominators, token_weights
-from l2kd.optim import make_optimizer
+from l2kd.layout import CHECKPOINT
+from l2kd.losses import LOSS_PARTS, loss_denominators
+from l2kd.optim import OriginalAdamW, make_optimizer
 from l2kd.rng import capture_rng, restore_rng
 from l2kd.run_identity import IdentityMismatch, differences, mismatch_message
 from l2kd.runtime import bar_options
 from l2kd.scalars import ScalarLog
 from l2kd.schedule import LRSchedule
-from l2kd.strategies import Strategy, TaskContext
+from l2kd.strategies import Report, Shares, Strategy, TaskContext, TaskStart
 
 log = logging.getLogger("l2kd")
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before a run stops
+HEALTH_STEPS = 20  # the device's count of non-finite steps is read at least this often
+# Keys of the task summary the loop writes; a strategy's report may not use them.
+LOOP_KEYS = frozenset({"tasks", "epochs", "steps", "examples", "replayed", "final_loss", "seconds", "examples_per_s",
+                       "identity", "reported_by", "unbound", "restored_from"})
 
 
 def n_epochs_for(cfg: TrainConfig, size: int, max_size: int) -> int:
     """``--dynamic_epochs``: ``min(max_n_epochs, max_size * n_train_epochs // size)``, where
     ``max_size`` is the largest training set of the whole sequence (as the original). Under
-    ``--unbound`` every chunk, and with multitask / multilm the one joint stage, trains
-    ``n_train_epochs``: the original's settings skip the dynamic epochs there (a start-up
-    warning says so)."""
-    if cfg.dynamic_epochs and size and not cfg.unbound and cfg.seq_train_type not in MULTI_TYPES:
+    ``--unbound`` every chunk, and for a joint strategy (multitask / multilm) the one joint
+    stage, trains ``n_train_epochs``: the original's settings skip the dynamic epochs there (a
+    start-up warning says so)."""
+    if cfg.dynamic_epochs and size and not cfg.unbound and not cfg.traits.joint:
         return max(1, min(cfg.max_n_epochs, max_size * cfg.n_train_epochs // size))
     return cfg.n_train_epochs
 
@@ -56,9 +69,9 @@ class Precision:
     scaler: Optional[torch.amp.GradScaler]
 
 
-@dataclass
+@dataclass(frozen=True)
 class TaskPlan:
-    """Everything fixed before the first step of a task."""
+    """Everything fixed before the first step of a task (a resumed task gets a new plan)."""
 
     data: List[Encoded]  # the task's examples, then the replayed ones
     extra: List[Encoded]  # the replayed (pseudo or real) examples
@@ -66,7 +79,6 @@ class TaskPlan:
     batches: List[List[List[int]]]  # per epoch, the global batches (indices into data)
     optimizer: torch.optim.Optimizer
     schedule: LRSchedule
-    weight: torch.Tensor  # class weights of the cross-entropy
 
 
 @dataclass
@@ -75,160 +87,295 @@ class Progress:
 
     step: int = 0
     tokens: int = 0
-    losses: List[float] = field(default_factory=list)
+    losses: List[float] = field(default_factory=list)  # the losses read at logging steps
     epoch: int = 1  # the epoch to run next
     pos: int = 0  # batches of that epoch already done
-    bad_steps: int = 0
+    checked: int = 0  # the step of the last health check
+
+
+class DeviceStats:
+    """What the steps accumulate on the device: the epoch's finite losses (sum and count), the
+    last finite loss, and the non-finite steps (the current run of them, the longest run and
+    the count since the last check). Read together in one copy (:meth:`read`)."""
+
+    FIELDS = ("loss_sum", "loss_n", "last_loss", "bad_run", "bad_max", "skipped")
+
+    def __init__(self, device: torch.device, loss_sum: float = 0.0, loss_n: int = 0,
+                 last_loss: float = float("nan")) -> None:
+        self.values = torch.tensor([loss_sum, loss_n, last_loss, 0, 0, 0], dtype=torch.float64, device=device)
+
+    def add(self, loss: torch.Tensor, finite: torch.Tensor) -> None:
+        """Account for one step's (global) loss; ``finite`` says whether it was kept."""
+        ok = finite.to(torch.float64)
+        loss_sum, loss_n, last, bad_run, bad_max, skipped = self.values.unbind()
+        kept = torch.where(finite, loss.detach().to(torch.float64), torch.zeros_like(loss_sum))
+        run = (bad_run + 1) * (1 - ok)
+        self.values = torch.stack([loss_sum + kept, loss_n + ok, torch.where(finite, kept, last), run,
+                                   torch.maximum(bad_max, run), skipped + (1 - ok)])
+
+    def read(self) -> Dict[str, float]:
+        """The values on the host (one read); the since-last-check counters restart."""
+        vals = dict(zip(self.FIELDS, self.values.tolist()))
+        self.values[4] = self.values[3]  # the longest run continues from the current one
+        self.values[5] = 0
+        return vals
+
+    def new_epoch(self) -> None:
+        """The epoch's running loss starts again (the last loss and the bad-step counts go on)."""
+        self.values[0] = 0
+        self.values[1] = 0
+
+
+@dataclass
+class TaskRun:
+    """One task's run state: what every step, checkpoint and the task's end read."""
+
+    model: torch.nn.Module
+    tok: object
+    ctx: TaskContext
+    strategy: Strategy
+    precision: Precision
+    identity: Dict[str, object]
+    plan: TaskPlan
+    progress: Progress = field(default_factory=Progress)
+    reports: Report = field(default_factory=dict)  # the strategy's, filed by the loop
+    params: List[torch.nn.Parameter] = field(default_factory=list)
+    stats: Optional[DeviceStats] = None
+    grads: Optional[torch.Tensor] = None  # one flat buffer the parameters' .grad are views of
+    grad_views: List[torch.Tensor] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.stats is None:
+            self.stats = DeviceStats(self.ctx.device)
+        same = bool(self.params) and all(p.dtype == torch.float32 and p.device == self.params[0].device
+                                         for p in self.params)
+        if same and self.precision.scaler is None:  # zeroed and sanitised as one tensor
+            sizes = [p.numel() for p in self.params]
+            self.grads = torch.zeros(sum(sizes), device=self.params[0].device)
+            self.grad_views = [v.view_as(p) for v, p in zip(self.grads.split(sizes), self.params)]
+
+
+def file_report(run: TaskRun, report: Optional[Report]) -> None:
+    """Add a hook's report to the task summary under the strategy's name; a key the loop
+    writes (``steps``, ``epochs``...) is refused."""
+    report = dict(report or {})
+    clash = sorted(set(report) & LOOP_KEYS)
+    if clash:
+        raise ValueError(f"strategy {run.strategy.name} reports {', '.join(clash)}, which the loop writes in the "
+                         "task summary; rename those keys")
+    run.reports.update(report)
 
 
 def train_task(model, tok, ctx: TaskContext, strategy: Strategy, precision: Precision, max_size: int,
-               identity: Dict[str, object]) -> Dict[str, object]:
-    """Train one stage and write its outputs; returns the task summary (``l2kd_task.json``)."""
-    name = "+".join(ctx.tasks)
+               identity: Dict[str, object], loop_record: Optional[Report] = None) -> Dict[str, object]:
+    """Train one stage and write its outputs; returns the task summary (``l2kd_task.json``).
+    ``loop_record``: the loop's own entries for the summary (the ``--unbound`` chunk)."""
     t0 = time.time()
     model.train()
     scalars = ScalarLog(ctx.run_dir) if dist.is_main() else None  # JSONL (+ TensorBoard when installed)
-    plan = plan_task(model, tok, ctx, strategy, max_size)
-    progress = resume(model, ctx, strategy, plan, precision, identity)
-    if "replay" in ctx.stats and scalars and progress.step == 0 and progress.epoch == 1:
+    start = _task_start(strategy.before_task(ctx, model))
+    run = TaskRun(model, tok, ctx, strategy, precision, identity, plan_task(model, ctx, start.extra, max_size),
+                  params=[p for p in model.parameters() if p.requires_grad])
+    file_report(run, start.report)
+    resume(run)
+    if "replay" in run.reports and scalars and run.progress.step == 0 and run.progress.epoch == 1:
         # pseudo-samples generated / parsed / dropped; a resumed task logged them in its first run
-        scalars.write({"task": name, "step": 0, "event": "replay", **ctx.stats["replay"]})
-    log.info("[%s] training on %d examples (%d replayed) for %d epochs, %d steps", name, len(plan.data),
+        scalars.write({"task": ctx.name, "step": 0, "event": "replay", **run.reports["replay"]})
+    plan, progress = run.plan, run.progress
+    log.info("[%s] training on %d examples (%d replayed) for %d epochs, %d steps", ctx.name, len(plan.data),
              len(plan.extra), plan.epochs,
              plan.schedule.end if ctx.cfg.textbook_schedule else sum(len(b) for b in plan.batches))
-    params = [p for p in model.parameters() if p.requires_grad]
     marks = log_marks(sum(len(b) for b in plan.batches))
-    save = lambda: checkpoint(model, ctx, strategy, plan, precision, progress, identity)  # noqa: E731
     t_log = time.time()
     for epoch in range(progress.epoch, plan.epochs + 1):
         skip = progress.pos if epoch == progress.epoch else 0
         batches = plan.batches[epoch - 1]
-        bar = tqdm(batches[skip:], desc=f"{name} epoch {epoch}/{plan.epochs}", **bar_options(ctx.cfg.quiet))
+        bar = tqdm(batches[skip:], desc=f"{ctx.name} epoch {epoch}/{plan.epochs}", **bar_options(ctx.cfg.quiet))
         for pos, idx in enumerate(bar, start=skip + 1):
-            rec = step(model, ctx, strategy, plan, precision, progress, idx, params)
+            rec = step(run, idx)
             if rec is None:
                 continue
-            bar.set_postfix(loss=f"{progress.losses[-1]:.3f}", lr=f"{rec['lr']:.2e}", refresh=False)
             if progress.step % ctx.cfg.logging_steps == 0 or progress.step in marks:
-                _log_step(name, epoch, rec, progress, time.time() - t_log, scalars)
+                out = _log_step(ctx.name, epoch, rec, progress, time.time() - t_log, scalars)
+                bar.set_postfix(loss=f"{out['loss']:.3f}", lr=f"{rec['lr']:.2e}", refresh=False)
+                check_health(run)
+            elif progress.step - progress.checked >= HEALTH_STEPS:
+                check_health(run)
             if ctx.cfg.checkpoint_steps and progress.step % ctx.cfg.checkpoint_steps == 0 and pos < len(batches):
                 progress.epoch, progress.pos = epoch, pos
-                save()
+                checkpoint(run)
         bar.close()
-        end_epoch(model, ctx, plan, progress, epoch, save)
+        end_epoch(run, epoch)
     if scalars:
         scalars.close()
-    strategy.after_task(ctx, model)
-    return finish_task(model, tok, ctx, strategy, plan, progress, time.time() - t0, identity)
+    file_report(run, strategy.after_task(ctx, model))
+    return finish_task(run, time.time() - t0, loop_record or {})
 
 
-def plan_task(model, tok, ctx: TaskContext, strategy: Strategy, max_size: int) -> TaskPlan:
-    """Replay data from ``before_task``, the epochs, every epoch's batches, optimizer and schedule."""
-    cfg, name = ctx.cfg, "+".join(ctx.tasks)
-    extra = strategy.before_task(ctx, model)
-    data = ctx.train_examples + extra
+def _task_start(start) -> TaskStart:
+    """``before_task``'s result; a plain list of examples (a strategy written before reports) is
+    read as examples with no report."""
+    return start if isinstance(start, TaskStart) else TaskStart(list(start or []))
+
+
+def plan_task(model, ctx: TaskContext, extra: List[Encoded], max_size: int) -> TaskPlan:
+    """The epochs, every epoch's batches, optimizer and schedule of the task's examples and ``extra``."""
+    cfg = ctx.cfg
+    data = list(ctx.train_examples) + list(extra)
     if not data:
-        raise ValueError(f"[{name}] no training examples")
+        raise ValueError(f"[{ctx.name}] no training examples")
     epochs = n_epochs_for(cfg, len(ctx.train_examples), max_size)
-    budget = strategy_budget(ctx.device, cfg.seq_train_type, cfg.cpu_batch_tokens)
     max_count = max(len(data) // cfg.min_n_steps, cfg.min_batch_size)
-    weight = token_weights(embedding_rows(len(tok), cfg.multitask_specific), ctx.ids, cfg.tokens_weight, ctx.device)
     optimizer = make_optimizer(model, cfg)
     shuffle = shuffles_batches(cfg.debug, cfg.round_robin, cfg.train_batch_size > 0)
-    batches = [train_batches(data, ctx.rng, cfg.train_batch_size, budget, max_count, shuffle) for _ in range(epochs)]
+    batches = [train_batches(data, ctx.rng, cfg.train_batch_size, ctx.setup.batch_budget, max_count, shuffle)
+               for _ in range(epochs)]
     schedule = LRSchedule(optimizer, cfg.learning_rate, len(data), epochs, sum(len(b) for b in batches),
                           cfg.n_warmup_ratio, cfg.decay_style, cfg.textbook_schedule)
-    return TaskPlan(data, extra, epochs, batches, optimizer, schedule, weight)
+    return TaskPlan(data, list(extra), epochs, batches, optimizer, schedule)
 
 
-def resume(model, ctx: TaskContext, strategy: Strategy, plan: TaskPlan, precision: Precision,
-           identity: Dict[str, object]) -> Progress:
-    """Continue an interrupted run of this task from its ``checkpoint.pt`` (else start afresh)."""
+def resume(run: TaskRun) -> None:
+    """Continue an interrupted run of this task from its ``checkpoint.pt`` (else start afresh):
+    the checkpoint's replayed examples and batches become a new plan."""
+    ctx = run.ctx
     ck = load_resume_state(ctx.task_dir, ctx.device)
     if ck is None:
-        return Progress()
+        return
     recorded = ck.get("identity")
-    diffs = differences(recorded, identity) if recorded else []
+    diffs = differences(recorded, run.identity) if recorded else []
     if diffs:  # also checked before the run starts; this guards a checkpoint that appeared since
         raise IdentityMismatch(mismatch_message(ctx.run_dir, {os.path.join(ctx.task_dir, CHECKPOINT): diffs}))
-    plan.extra, plan.batches = ck["extra"], ck["plan"]
-    plan.data = ctx.train_examples + plan.extra
-    model.load_state_dict(ck["model"])
-    plan.optimizer.load_state_dict(ck["optimizer"])
-    plan.schedule.load_state_dict(ck["schedule"])
-    if precision.scaler and ck.get("scaler"):
-        precision.scaler.load_state_dict(ck["scaler"])
-    strategy.load_state_dict(ck["strategy"])
-    ctx.stats.update(ck["stats"])
+    run.plan = dataclasses.replace(run.plan, extra=list(ck["extra"]), batches=ck["plan"],
+                                   data=list(ctx.train_examples) + list(ck["extra"]))
+    run.model.load_state_dict(ck["model"])
+    run.plan.optimizer.load_state_dict(ck["optimizer"])
+    run.plan.schedule.load_state_dict(ck["schedule"])
+    if run.precision.scaler and ck.get("scaler"):
+        run.precision.scaler.load_state_dict(ck["scaler"])
+    run.strategy.load_state_dict(ck["strategy"])
+    file_report(run, {k: v for k, v in dict(ck.get("stats") or {}).items() if k not in LOOP_KEYS})
     restore_rng(ck["rng"], ctx.rng, ctx.generator)
-    progress = Progress(step=ck["step"], tokens=ck["tokens"], losses=ck["losses"], epoch=ck["epoch"], pos=ck["pos"])
-    log.info("[%s] resuming from %s: epoch %d, step %d", "+".join(ctx.tasks), os.path.join(ctx.task_dir, CHECKPOINT),
-             progress.epoch, progress.step)
-    return progress
+    run.progress = Progress(step=ck["step"], tokens=ck["tokens"], losses=list(ck["losses"]), epoch=ck["epoch"],
+                            pos=ck["pos"], checked=ck["step"])
+    if "epoch_loss" in ck:
+        (loss_sum, loss_n), last = ck["epoch_loss"], ck["last_loss"]
+    else:  # written before the running loss moved to the device: every step's loss was kept
+        done = list(ck["losses"])[-ck["pos"]:] if ck["pos"] else []
+        loss_sum, loss_n = float(sum(done)), len(done)
+        last = ck["losses"][-1] if ck["losses"] else float("nan")
+    run.stats = DeviceStats(ctx.device, loss_sum, loss_n, last)
+    log.info("[%s] resuming from %s: epoch %d, step %d", ctx.name, os.path.join(ctx.task_dir, CHECKPOINT),
+             run.progress.epoch, run.progress.step)
 
 
-def checkpoint(model, ctx: TaskContext, strategy: Strategy, plan: TaskPlan, precision: Precision,
-               progress: Progress, identity: Dict[str, object]) -> None:
-    """The latest resumable state of this task (one file, replaced atomically; rank 0 writes)."""
+def checkpoint(run: TaskRun) -> None:
+    """The latest resumable state of this task (one file, replaced atomically; rank 0 writes).
+    The keys are those l2kd has always written (``stats``: the strategy's reports)."""
     if not dist.is_main():
         return
-    save_resume_state(ctx.task_dir, {
-        "identity": identity, "model": model.state_dict(), "optimizer": plan.optimizer.state_dict(),
-        "schedule": plan.schedule.state_dict(), "scaler": precision.scaler.state_dict() if precision.scaler else None,
-        "strategy": strategy.state_dict(), "rng": capture_rng(ctx.rng, ctx.generator), "extra": plan.extra,
-        "plan": plan.batches, "epoch": progress.epoch, "pos": progress.pos, "step": progress.step,
-        "tokens": progress.tokens, "losses": progress.losses, "stats": dict(ctx.stats)})
+    plan, progress = run.plan, run.progress
+    vals = dict(zip(DeviceStats.FIELDS, run.stats.values.tolist()))
+    save_resume_state(run.ctx.task_dir, {
+        "identity": run.identity, "model": run.model.state_dict(), "optimizer": plan.optimizer.state_dict(),
+        "schedule": plan.schedule.state_dict(),
+        "scaler": run.precision.scaler.state_dict() if run.precision.scaler else None,
+        "strategy": run.strategy.state_dict(), "rng": capture_rng(run.ctx.rng, run.ctx.generator),
+        "extra": plan.extra, "plan": plan.batches, "epoch": progress.epoch, "pos": progress.pos,
+        "step": progress.step, "tokens": progress.tokens, "losses": progress.losses, "stats": dict(run.reports),
+        "epoch_loss": [vals["loss_sum"], int(vals["loss_n"])], "last_loss": vals["last_loss"]})
 
 
-def step(model, ctx: TaskContext, strategy: Strategy, plan: TaskPlan, precision: Precision, progress: Progress,
-         idx: List[int], params: List[torch.nn.Parameter]) -> Optional[Dict[str, float]]:
-    """One optimizer step on the global batch ``idx``; None when a non-finite loss skipped it."""
-    cfg, scaler = ctx.cfg, precision.scaler
-    batch = collate([plan.data[i] for i in dist.shard(idx)], ctx.ids).to(ctx.device)
+def step(run: TaskRun, idx: List[int]) -> Optional[Dict[str, object]]:
+    """One optimizer step on the global batch ``idx``: ``lr`` and the values to log, as tensors
+    (read only when the step is logged). A non-finite loss is skipped on the device; with a
+    grad scaler (fp16) it is checked on the host as before, and None says it was skipped."""
+    ctx, plan, progress, strategy = run.ctx, run.plan, run.progress, run.strategy
+    cfg, scaler, model = ctx.cfg, run.precision.scaler, run.model
+    weight = ctx.setup.class_weight
+    batch = collate([plan.data[i] for i in dist.shard(idx)], ctx.ids)
+    n_tokens = batch.n_tokens  # counted on the host before the copy
+    batch = batch.to(ctx.device)
+    kwargs = {}
     if dist.world_size() > 1:  # each mean over the global batch, not the mean of the ranks' means
-        ctx.shares = dict(zip(LOSS_PARTS, dist.loss_shares(loss_denominators(batch, plan.weight)).tolist()))
+        kwargs["shares"] = Shares(zip(LOSS_PARTS, dist.loss_shares(loss_denominators(batch, weight)).tolist()))
     lr = plan.schedule.apply()
-    with precision.autocast():
-        loss, scal = strategy.loss(ctx, model, batch, plan.weight)
+    with run.precision.autocast():
+        loss, parts = strategy.loss(ctx, model, batch, weight, **kwargs)
     global_loss = dist.mean_over_ranks(loss.detach())  # the whole batch's loss; NaN on any rank shows
-    if not torch.isfinite(global_loss):
-        _skip_bad_step(ctx, progress, global_loss, scaler)
+    finite = torch.isfinite(global_loss)
+    if scaler is not None and not finite:  # fp16: the scaler's step reads the device anyway
+        _skip_bad_step(run, global_loss)
         return None
-    progress.bad_steps = 0
-    plan.optimizer.zero_grad(set_to_none=True)
+    if run.grads is not None:
+        for p, v in zip(run.params, run.grad_views):  # a hook (GEM) may have pointed .grad elsewhere
+            p.grad = v
+        run.grads.zero_()
+    else:
+        plan.optimizer.zero_grad(set_to_none=True)
     (scaler.scale(loss) if scaler else loss).backward()
-    dist.average_gradients(params)
+    dist.average_gradients(run.params)
     if scaler:
         scaler.unscale_(plan.optimizer)
-    gnorm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-             if cfg.max_grad_norm > 0 else torch.tensor(0.0))
+    if run.grads is not None:
+        run.grads.masked_fill_(~finite, 0.0)  # a skipped step's gradients: zero, not NaN
+    gnorm = (torch.nn.utils.clip_grad_norm_(run.params, cfg.max_grad_norm)
+             if cfg.max_grad_norm > 0 else torch.zeros((), device=ctx.device))
     strategy.after_backward(ctx, model)
     if scaler:
         scaler.step(plan.optimizer)
         scaler.update()
     else:
-        plan.optimizer.step()
+        _optimizer_step(plan.optimizer, finite, run.grads is not None)
     strategy.after_step(ctx, model, lr)
     plan.schedule.advance(len(idx))
     progress.step += 1
-    progress.tokens += batch.n_tokens
-    progress.losses.append(float(global_loss))
-    return {"lr": lr, "loss": progress.losses[-1], "grad_norm": float(gnorm), **scal}
+    progress.tokens += n_tokens
+    run.stats.add(global_loss, finite)
+    return {"lr": lr, "loss": global_loss, "grad_norm": gnorm, **parts}
 
 
-def _skip_bad_step(ctx: TaskContext, progress: Progress, loss: torch.Tensor, scaler) -> None:
-    """Skip a non-finite step (with a grad scaler its normal overflow path); stop after
-    MAX_BAD_STEPS in a row, which means diverged training, not an fp16 overflow."""
-    name = "+".join(ctx.tasks)
-    progress.bad_steps += 1
-    log.warning("[%s] non-finite loss %s at step %d: step skipped (%d in a row)", name, loss.item(),
-                progress.step, progress.bad_steps)
-    if progress.bad_steps >= MAX_BAD_STEPS:
+def _optimizer_step(optimizer: torch.optim.Optimizer, finite: torch.Tensor, zeroed: bool) -> None:
+    """The optimizer's step, skipped on the device when ``finite`` is false: OriginalAdamW keeps
+    every value (``keep``); torch's fused AdamW skips on its ``found_inf``; another optimizer
+    (or gradients that could not be zeroed) is asked on the host."""
+    if zeroed and isinstance(optimizer, OriginalAdamW):
+        optimizer.step(keep=finite.to(torch.float32))
+    elif zeroed and isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults.get("fused"):
+        optimizer.found_inf = (~finite).to(torch.float32)
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+    elif bool(finite):
+        optimizer.step()
+
+
+def check_health(run: TaskRun) -> Dict[str, float]:
+    """Read the device's step statistics: warn about skipped non-finite steps, and stop a run
+    with MAX_BAD_STEPS or more in a row (diverged training, not an fp16 overflow)."""
+    vals = run.stats.read()
+    name, step_ = run.ctx.name, run.progress.step
+    if vals["skipped"]:
+        log.warning("[%s] %d non-finite losses after step %d (by step %d): those steps skipped (the longest run: "
+                    "%d in a row)", name, vals["skipped"], run.progress.checked, step_, vals["bad_max"])
+    run.progress.checked = step_
+    if vals["bad_max"] >= MAX_BAD_STEPS:
         raise FloatingPointError(
-            f"[{name}] {progress.bad_steps} consecutive non-finite losses (last at step {progress.step}): "
-            "training diverged; lower --learning_rate or check the data. Earlier tasks' models are intact.")
-    if scaler:
-        scaler.update(scaler.get_scale() / 2)
+            f"[{name}] {MAX_BAD_STEPS} consecutive non-finite losses (a run of {int(vals['bad_max'])} by step "
+            f"{step_}, skipped on the device): training diverged; lower --learning_rate or check the data. "
+            "Earlier tasks' models are intact.")
+    return vals
+
+
+def _skip_bad_step(run: TaskRun, loss: torch.Tensor) -> None:
+    """fp16: skip a non-finite step on the host (the scaler's overflow path); a run of them goes
+    into the same device statistics and is stopped by :func:`check_health`."""
+    run.stats.add(loss, torch.isfinite(loss))
+    log.warning("[%s] non-finite loss %s at step %d: step skipped", run.ctx.name, loss.item(), run.progress.step)
+    vals = check_health(run)
+    if vals["bad_run"] and run.precision.scaler:
+        run.precision.scaler.update(run.precision.scaler.get_scale() / 2)
 
 
 def log_marks(total_steps: int, n: int = 4) -> set:
@@ -237,39 +384,52 @@ def log_marks(total_steps: int, n: int = 4) -> set:
     return {max(1, round(total_steps * k / n)) for k in range(1, n + 1)} if total_steps else set()
 
 
-def _log_step(name: str, epoch: int, rec: Dict[str, float], progress: Progress, seconds: float,
-              scalars: Optional[ScalarLog]) -> None:
-    out = {"task": name, "step": progress.step, "epoch": epoch, "lr": rec["lr"], "loss": rec["loss"],
-           "grad_norm": rec["grad_norm"], "tokens_per_s": progress.tokens / max(seconds, 1e-9),
-           **{k: v for k, v in rec.items() if k not in ("lr", "loss", "grad_norm")}}
+def _log_step(name: str, epoch: int, rec: Dict[str, object], progress: Progress, seconds: float,
+              scalars: Optional[ScalarLog]) -> Dict[str, object]:
+    """Read the step's values (one copy from the device) and log them."""
+    keys = [k for k in rec if k != "lr"]
+    got = dict(zip(keys, torch.stack([torch.as_tensor(rec[k]).detach().to(torch.float64) for k in keys]).tolist()))
+    progress.losses.append(got["loss"])
+    out = {"task": name, "step": progress.step, "epoch": epoch, "lr": rec["lr"], "loss": got["loss"],
+           "grad_norm": got["grad_norm"], "tokens_per_s": progress.tokens / max(seconds, 1e-9),
+           **{k: v for k, v in got.items() if k not in ("loss", "grad_norm")}}
     log.info("[%s] %s", name, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                        for k, v in out.items() if k != "task"))
     if scalars:
         scalars.write(out)
+    return out
 
 
-def end_epoch(model, ctx: TaskContext, plan: TaskPlan, progress: Progress, epoch: int, save: Callable[[], None]
-              ) -> None:
+def end_epoch(run: TaskRun, epoch: int) -> None:
     """``model-<epoch>``, the resume state at the start of the next epoch, the epoch's mean loss."""
+    ctx, progress = run.ctx, run.progress
     if dist.is_main():
-        atomic_torch_save(os.path.join(ctx.task_dir, f"model-{epoch}"), model.state_dict())
+        atomic_torch_save(os.path.join(ctx.task_dir, f"model-{epoch}"), run.model.state_dict())
+    vals = check_health(run)
     progress.epoch, progress.pos = epoch + 1, 0
-    save()
-    recent = progress.losses[-len(plan.batches[epoch - 1]):]
-    log.info("[%s] epoch %d done: mean loss %s", "+".join(ctx.tasks), epoch,
-             f"{float(np.mean(recent)):.4f}" if recent else "n/a (every step skipped)")
+    run.stats.new_epoch()
+    checkpoint(run)
+    log.info("[%s] epoch %d done: mean loss %s", ctx.name, epoch,
+             f"{vals['loss_sum'] / vals['loss_n']:.4f}" if vals["loss_n"] else "n/a (every step skipped)")
 
 
-def finish_task(model, tok, ctx: TaskContext, strategy: Strategy, plan: TaskPlan, progress: Progress,
-                elapsed: float, identity: Dict[str, object]) -> Dict[str, object]:
+def finish_task(run: TaskRun, elapsed: float, loop_record: Report) -> Dict[str, object]:
     """Write the finished task's outputs (``model-finish`` last) and drop its resume state."""
+    ctx, plan, progress = run.ctx, run.plan, run.progress
     info = {"tasks": list(ctx.tasks), "epochs": plan.epochs, "steps": progress.step, "examples": len(plan.data),
-            "replayed": len(plan.extra), "final_loss": progress.losses[-1] if progress.losses else None,
-            "seconds": elapsed, "examples_per_s": len(plan.data) * plan.epochs / elapsed, **ctx.stats,
-            "identity": identity}
+            "replayed": len(plan.extra), "final_loss": _final_loss(run),
+            "seconds": elapsed, "examples_per_s": len(plan.data) * plan.epochs / elapsed, **run.reports,
+            "reported_by": {k: run.strategy.name for k in run.reports}, **loop_record, "identity": run.identity}
     if dist.is_main():
-        save_task_outputs(model, tok, ctx.task_dir, info, strategy.state_dict(), capture_rng(ctx.rng, ctx.generator))
+        save_task_outputs(run.model, run.tok, ctx.task_dir, info, run.strategy.state_dict(),
+                          capture_rng(ctx.rng, ctx.generator))
         drop_resume_state(ctx.task_dir)
     dist.barrier()
-    log.info("[%s] finished in %.0f s (%.1f examples/s)", "+".join(ctx.tasks), elapsed, info["examples_per_s"])
+    log.info("[%s] finished in %.0f s (%.1f examples/s)", ctx.name, elapsed, info["examples_per_s"])
     return info
+
+
+def _final_loss(run: TaskRun) -> Optional[float]:
+    """The last finite step's loss (None when there was none)."""
+    last = float(run.stats.values[2])
+    return None if np.isnan(last) else last

@@ -1,22 +1,34 @@
-"""Lifelong-learning strategies, one file each; ``make_strategy`` maps ``--seq_train_type``."""
+"""Lifelong-learning strategies, one file each. A class with a ``name`` of its own registers
+itself when defined (:func:`l2kd.config.register_strategy`); ``make_strategy`` builds the one
+``--seq_train_type`` names from that registry, and wraps it for ``--seq_distil`` / ``--distil``.
+Every module of this package is imported here, so a new method is one new file."""
 from __future__ import annotations
 
-from l2kd.config import TrainConfig
-from l2kd.strategies.base import HOOKS, Sequential, Strategy, TaskContext, Wrapper
-from l2kd.strategies.ewc import EWC
-from l2kd.strategies.gem import GEM
-from l2kd.strategies.lamol import LAMOL, MultiLM
-from l2kd.strategies.mas import MAS
-from l2kd.strategies.seq_kd import SeqKD
-from l2kd.strategies.word_kd import WordKD
+import importlib
+import pkgutil
 
-BUILTIN_NAMES = frozenset({"lll", "multilm", "finetune", "multitask", "ewc", "mas", "gem"})
+from l2kd.config import TrainConfig, is_builtin, strategy_class, strategy_names
+from l2kd.strategies.base import (HOOKS, ONE_PROCESS, Report, Sequential, Shares, StepSetup, Strategy, TaskContext,
+                                  TaskStart, Wrapper)
+
+for _mod in pkgutil.iter_modules(__path__):  # each built-in strategy registers as its module runs
+    importlib.import_module(f"{__name__}.{_mod.name}")
+
+from l2kd.strategies.ewc import EWC  # noqa: E402
+from l2kd.strategies.gem import GEM  # noqa: E402
+from l2kd.strategies.lamol import LAMOL, MultiLM  # noqa: E402
+from l2kd.strategies.mas import MAS  # noqa: E402
+from l2kd.strategies.seq_kd import SeqKD  # noqa: E402
+from l2kd.strategies.word_kd import WordKD  # noqa: E402
 
 
 def make_strategy(cfg: TrainConfig) -> Strategy:
     """The strategy for ``cfg.seq_train_type``: Seq-KD around it with ``--seq_distil``, and
     Word-KD outermost with ``--distil`` (both: Seq-KD soft)."""
-    strategy = _base_strategy(cfg)
+    cls = strategy_class(cfg.seq_train_type)
+    if cls is None:
+        raise ValueError(f"unknown --seq_train_type {cfg.seq_train_type!r} (registered: {', '.join(strategy_names())})")
+    strategy = cls()
     if cfg.seq_distil:
         strategy = SeqKD(strategy)
     if cfg.distil:
@@ -24,30 +36,13 @@ def make_strategy(cfg: TrainConfig) -> Strategy:
     return strategy
 
 
-def _base_strategy(cfg: TrainConfig) -> Strategy:
-    t = cfg.seq_train_type
-    if t == "lll":
-        return LAMOL()
-    if t == "multilm":
-        return MultiLM()
-    if t in ("finetune", "multitask"):
-        return Sequential()
-    if t == "ewc":
-        return EWC()
-    if t == "mas":
-        return MAS()
-    if t == "gem":
-        return GEM()
-    raise ValueError(f"unknown --seq_train_type {t!r}")
-
-
-__all__ = ["Strategy", "Sequential", "Wrapper", "HOOKS", "TaskContext", "LAMOL", "MultiLM", "WordKD", "SeqKD", "EWC",
-           "MAS", "GEM", "make_strategy", "load_custom_strategy"]
+__all__ = ["Strategy", "Sequential", "Wrapper", "HOOKS", "TaskContext", "TaskStart", "StepSetup", "Shares",
+           "ONE_PROCESS", "Report", "LAMOL", "MultiLM", "WordKD", "SeqKD", "EWC", "MAS", "GEM", "make_strategy",
+           "load_custom_strategy"]
 
 
 def load_custom_strategy(spec: str) -> Strategy:
     """Instantiate ``FILE.py:Class`` or ``package.module:Class`` (a :class:`Strategy` subclass)."""
-    import importlib
     import importlib.util
     import os
 
@@ -76,7 +71,8 @@ def check_custom_name(cls: type, spec: str) -> None:
 
     own = next((c for c in cls.__mro__ if "name" in c.__dict__), None)
     name = getattr(cls, "name", "")
-    if own is None or own.__module__.startswith("l2kd.strategies") or name in BUILTIN_NAMES:
+    held = strategy_class(name) if isinstance(name, str) and name else None
+    if own is None or is_builtin(own) or (held is not None and held is not cls and is_builtin(held)):
         raise ValueError(f"--custom_strategy {spec!r}: {cls.__name__} must set its own class attribute `name` "
                          f"(the output folder; got {name!r}, which is a built-in strategy's)")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name):

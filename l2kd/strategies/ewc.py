@@ -12,6 +12,7 @@ after Adam, ``p -= lr * 2 * reg_lambda * Omega * (p - anchor)``; see ``regulariz
 """
 from __future__ import annotations
 
+from l2kd.config import StrategyTraits
 from l2kd.losses import head_ce
 from l2kd.strategies.regularizer import ImportanceRegularizer
 
@@ -20,7 +21,9 @@ class EWC(ImportanceRegularizer):
     """Elastic weight consolidation as LAMOL/L2KD run it."""
 
     name = "ewc"
+    traits = StrategyTraits(memory_factor=0.30)
     kind = "sq"
 
     def batch_loss(self, model, batch, examples, ctx, weight):
-        return head_ce(model, batch.qa_input, batch.qa_target, weight, chunked=ctx.cfg.use_kernels)
+        return head_ce(model, batch.qa_input, batch.qa_target, weight, losses=ctx.setup.losses,
+                       rows=batch.rows.get("qa"))

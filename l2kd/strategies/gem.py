@@ -28,10 +28,11 @@ from typing import Dict, List
 import torch
 from transformers import PreTrainedModel
 
+from l2kd.config import StrategyTraits
 from l2kd.data.qa_format import Encoded, collate
-from l2kd.losses import head_ce, token_weights
+from l2kd.losses import head_ce
 from l2kd.ops.gem_project import gem_project
-from l2kd.strategies.base import Strategy, TaskContext
+from l2kd.strategies.base import Report, Strategy, TaskContext, TaskStart
 from l2kd.strategies.regularizer import grad_autocast, plan_batches
 
 
@@ -39,24 +40,29 @@ class GEM(Strategy):
     """Gradient episodic memory as LAMOL/L2KD run it."""
 
     name = "gem"
+    traits = StrategyTraits(replays=True, memory_factor=0.50, accepts=frozenset({"distil", "seq_distil"}),
+                            refusals=(("unbound", "the original never creates GEM's memories under --unbound and "
+                                                  "stops at the second chunk; use lll, finetune, ewc or mas"),))
 
     def __init__(self):
         self.memories: Dict[str, List[Encoded]] = {}  # past task -> its memory (picklable)
+        self.counts: Dict[str, object] = {}  # this task's memory sizes, steps and projected steps
         self._clear()
 
     def _clear(self) -> None:
         self._batches, self._params, self._g, self._mem, self._g_views, self._row_views = [], [], None, None, [], []
 
-    def before_task(self, ctx: TaskContext, model: PreTrainedModel) -> List[Encoded]:
+    def before_task(self, ctx: TaskContext, model: PreTrainedModel) -> TaskStart:
         if ctx.prev_tasks and ctx.prev_tasks[-1] not in self.memories:
             prev = ctx.prev_tasks[-1]
             data = ctx.prev_train_examples.get(prev, [])
             k = int(ctx.cfg.gen_lm_sample_percentage * len(ctx.train_examples))
             self.memories[prev] = [data[int(i)] for i in ctx.rng.integers(0, len(data), size=k)] if data else []
         self._clear()
+        self.counts = {}
         mems = [m for t, m in self.memories.items() if t in ctx.prev_tasks and m]
         if not mems:
-            return []
+            return TaskStart()
         self._params = [p for p in model.parameters() if p.requires_grad]
         if any(p.dtype != torch.float32 for p in self._params):
             raise TypeError("GEM: parameters must be float32 (mixed precision goes through autocast)")
@@ -67,10 +73,10 @@ class GEM(Strategy):
         self._row_views = [[v.view_as(p) for v, p in zip(row.split(sizes), self._params)] for row in self._mem]
         self._batches = [[(collate([m[i] for i in idx], ctx.ids).to(ctx.device), len(idx) / len(m))
                           for idx in plan_batches(m, ctx)] for m in mems]
-        self._weight = token_weights(len(ctx.tokenizer), ctx.ids, ctx.cfg.tokens_weight, ctx.device)
+        self._weight = ctx.setup.class_weight
         self._autocast = grad_autocast(ctx)
-        ctx.stats["gem"] = {"memory_sizes": [len(m) for m in mems], "steps": 0, "projected_steps": 0}
-        return []
+        self.counts = {"memory_sizes": [len(m) for m in mems], "steps": 0, "projected_steps": 0}
+        return TaskStart()
 
     def after_backward(self, ctx: TaskContext, model: PreTrainedModel) -> None:
         if not self._batches:
@@ -92,7 +98,8 @@ class GEM(Strategy):
                     for p in params:
                         p.grad = None
                 with self._autocast():
-                    loss = head_ce(model, batch.qa_input, batch.qa_target, self._weight, chunked=cfg.use_kernels)
+                    loss = head_ce(model, batch.qa_input, batch.qa_target, self._weight, losses=ctx.setup.losses,
+                                   rows=batch.rows.get("qa"))
                 loss.backward()
                 if cfg.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -104,17 +111,20 @@ class GEM(Strategy):
                     torch._foreach_add_([v for v, _ in got], [g for _, g in got], alpha=share)
         for p, v, h in zip(params, self._g_views, had):
             p.grad = v if h else None
-        stats = ctx.stats["gem"]
+        stats = self.counts
         stats["steps"] += 1
         if bool((self._mem @ self._g < 0).any()):
             gem_project(self._g, self._mem, margin=cfg.qp_margin, eps=1e-3, use_kernels=cfg.use_kernels, out=self._g)
             stats["projected_steps"] += 1
 
-    def after_task(self, ctx: TaskContext, model: PreTrainedModel) -> None:
+    def after_task(self, ctx: TaskContext, model: PreTrainedModel) -> Report:
         self._clear()
+        return {"gem": dict(self.counts)} if self.counts else {}
 
     def state_dict(self) -> dict:
-        return {"memories": self.memories}
+        return {"memories": self.memories, "counts": dict(self.counts)}
 
     def load_state_dict(self, state: dict) -> None:
         self.memories = dict(state["memories"])
+        if state.get("counts"):  # a checkpoint of an older l2kd has none: counting restarts
+            self.counts = dict(state["counts"])

@@ -3,27 +3,30 @@ pseudo-samples of the previous tasks (or real samples with ``--real_sample``).""
 from __future__ import annotations
 
 import os
-from typing import List
 
 from transformers import PreTrainedModel
 
-from l2kd.data.qa_format import Encoded
+from l2kd.config import StrategyTraits
 from l2kd.replay import generate_pseudo, n_pseudo, sample_real
-from l2kd.strategies.base import Strategy, TaskContext
+from l2kd.strategies.base import Strategy, TaskContext, TaskStart
+from l2kd.strategies.multitask import JOINT_UNBOUND
 
 
 class LAMOL(Strategy):
     """Pseudo-sample replay; the model learns to generate its own training data."""
 
     name = "lll"
+    traits = StrategyTraits(replays=True, pct_in_folder=True, memory_factor=0.35,
+                            accepts=frozenset({"distil", "seq_distil", "unbound", "real_sample"}))
     uses_lm_loss = True
 
-    def before_task(self, ctx: TaskContext, model: PreTrainedModel) -> List[Encoded]:
+    def before_task(self, ctx: TaskContext, model: PreTrainedModel) -> TaskStart:
         cfg = ctx.cfg
         if ctx.index == 0 or cfg.gen_lm_sample_percentage <= 0:
-            return []
+            return TaskStart()
+        report = {}
         if cfg.real_sample:
-            extra, stats = sample_real(ctx.prev_train_examples, cfg.gen_lm_sample_percentage, ctx.rng)
+            extra, stats = sample_real(dict(ctx.prev_train_examples), cfg.gen_lm_sample_percentage, ctx.rng)
             ctx.logger.info("real-sample replay: %d examples %s", len(extra), stats.per_task)
         else:
             # --debug: one pseudo-sample per previous task, as the original
@@ -33,11 +36,10 @@ class LAMOL(Strategy):
             extra, stats, seqs = generate_pseudo(
                 model, ctx.tokenizer, ctx.ids, ctx.prev_tasks, n, _gen_len(cfg, ctx.max_len), cfg.lm_sampling,
                 ctx.generator, path, quiet=cfg.quiet)
-            ctx.stats["pseudo_examples_shown"] = [ctx.tokenizer.decode(s) for s in seqs[:3]]
-        ctx.stats["replay"] = {"requested": stats.requested, "generated": stats.generated,
-                               "parsed": stats.parsed, "dropped": stats.dropped,
-                               "per_task": stats.per_task, "source": stats.source}
-        return extra
+            report["pseudo_examples_shown"] = [ctx.tokenizer.decode(s) for s in seqs[:3]]
+        report["replay"] = {"requested": stats.requested, "generated": stats.generated, "parsed": stats.parsed,
+                            "dropped": stats.dropped, "per_task": stats.per_task, "source": stats.source}
+        return TaskStart(extra, report)
 
 
 def _gen_len(cfg, max_len: int) -> int:
@@ -48,4 +50,6 @@ class MultiLM(Strategy):
     """``multilm``: multitask training with QA + lm_lambda * LM, no replay."""
 
     name = "multilm"
+    traits = StrategyTraits(joint=True, memory_factor=0.35, accepts=frozenset({"multitask_specific"}),
+                            refusals=(("unbound", JOINT_UNBOUND),))
     uses_lm_loss = True

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from l2kd.config import StrategyTraits
 from l2kd.losses import hidden_states
 from l2kd.strategies.regularizer import ImportanceRegularizer
 
@@ -22,6 +23,7 @@ class MAS(ImportanceRegularizer):
     """Memory-aware synapses as LAMOL/L2KD run it."""
 
     name = "mas"
+    traits = StrategyTraits(memory_factor=0.18)
     kind = "abs"
 
     def batch_loss(self, model, batch, examples, ctx, weight):

@@ -32,11 +32,10 @@ from typing import Callable, Dict, List, Sequence
 import torch
 from transformers import PreTrainedModel
 
-from l2kd.batching import pack_by_budget, strategy_budget
+from l2kd.batching import pack_by_budget
 from l2kd.data.qa_format import Batch, Encoded, collate
-from l2kd.losses import token_weights
 from l2kd.runtime import precision_context
-from l2kd.strategies.base import Strategy, TaskContext
+from l2kd.strategies.base import Report, Strategy, TaskContext, TaskStart
 
 BatchLoss = Callable[[PreTrainedModel, Batch, List[Encoded]], torch.Tensor]
 # Bounds on the pull of the most important weight per step, 2 * lr * reg_lambda * max(Omega): below
@@ -49,14 +48,13 @@ UNSTABLE_PULL = 1.0
 # ----------------------------------------------------------------------------- shared helpers
 def plan_batches(examples: Sequence[Encoded], ctx: TaskContext, batch_size: int = 0) -> List[List[int]]:
     """Batches in data order (no RNG): ``batch_size``, else ``--train_batch_size``, else the
-    loop's dynamic budget for this strategy."""
+    task's dynamic budget (``ctx.setup``, the loop's)."""
     bs = batch_size or ctx.cfg.train_batch_size
     n = len(examples)
     if bs > 0:
         return [list(range(i, min(i + bs, n))) for i in range(0, n, bs)]
-    budget = strategy_budget(ctx.device, ctx.cfg.seq_train_type, ctx.cfg.cpu_batch_tokens)
     max_count = max(n // ctx.cfg.min_n_steps, ctx.cfg.min_batch_size)
-    return pack_by_budget(list(range(n)), [e.lm_length for e in examples], budget, max_count)
+    return pack_by_budget(list(range(n)), [e.lm_length for e in examples], ctx.setup.batch_budget, max_count)
 
 
 def grad_autocast(ctx: TaskContext):
@@ -159,7 +157,7 @@ class ImportanceRegularizer(Strategy):
         """The batch-mean loss whose gradient measures importance."""
         raise NotImplementedError
 
-    def before_task(self, ctx: TaskContext, model: PreTrainedModel) -> List[Encoded]:
+    def before_task(self, ctx: TaskContext, model: PreTrainedModel) -> TaskStart:
         named = trainable(model)
         if not self.anchor:  # weights before task 1 (both anchors; Omega is 0 during task 1)
             self.anchor = {n: p.detach().clone() for n, p in named}
@@ -167,14 +165,14 @@ class ImportanceRegularizer(Strategy):
         self.omega = {n: _fit(self.omega[n], p, torch.zeros_like(p)) for n, p in named if n in self.omega}
         self._lists = ([p for n, p in named if n in self.omega], [self.omega[n] for n, _ in named if n in self.omega],
                        [self.anchor[n] for n, _ in named if n in self.omega])
-        return []
+        return TaskStart()
 
     def after_step(self, ctx: TaskContext, model: PreTrainedModel, lr: float) -> None:
         if self._lists and self._lists[0] and lr and ctx.cfg.reg_lambda:
             penalty_step(*self._lists, lr, ctx.cfg.reg_lambda)
 
-    def after_task(self, ctx: TaskContext, model: PreTrainedModel) -> None:
-        weight = token_weights(len(ctx.tokenizer), ctx.ids, ctx.cfg.tokens_weight, ctx.device)
+    def after_task(self, ctx: TaskContext, model: PreTrainedModel) -> Report:
+        weight = ctx.setup.class_weight
         loss = lambda m, b, exs: self.batch_loss(m, b, exs, ctx, weight)  # noqa: E731
         new = compute_importance(model, ctx.train_examples, ctx.ids,
                                  plan_batches(ctx.train_examples, ctx, self.importance_batch_size),
@@ -187,8 +185,8 @@ class ImportanceRegularizer(Strategy):
         strength = penalty_strength(self.omega, lr, lam)
         strength["warnings"] = strength_warnings(self.name, strength, lr, lam)
         for w in strength["warnings"]:
-            ctx.logger.warning("[%s] %s", "+".join(ctx.tasks), w)
-        ctx.stats[f"{self.name}_importance"] = strength
+            ctx.logger.warning("[%s] %s", ctx.name, w)
+        return {f"{self.name}_importance": strength}
 
     def state_dict(self) -> dict:
         return {"omega": self.omega, "anchor": self.anchor}

@@ -9,26 +9,22 @@ model of the current task (:mod:`l2kd.distillation`); its vocabulary may lack la
 tokens: inputs are clamped to its vocabulary and its distribution widened by its last
 column, as the original does.
 
-With ``cfg.use_kernels`` (and bias-free LM heads) the KD rows go through
-:func:`l2kd.ops.linear_kd_loss`: both heads and the KD loss chunked over rows, so neither the
-student's nor the teacher's ``[N, V]`` logits are materialised; otherwise full logits of the
-KD rows and :func:`l2kd.ops.kd_loss` (:func:`l2kd.ops.kd_loss_ref` without ``use_kernels``).
+Both parts go through the run's :class:`~l2kd.losses.Losses` (``ctx.setup.losses``): the KD
+rows through ``kd`` (both heads and the KD loss chunked over rows when the compiled kernel is
+on and the heads have no bias), the replayed rows through ``ce`` (which honours a head bias).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from transformers import PreTrainedModel
 
-from l2kd.data.qa_format import IGNORE, Batch, Encoded
+from l2kd.data.qa_format import Batch, target_rows
 from l2kd.diagnostics import DIAGNOSTICS, diagnose_teacher
 from l2kd.distillation import ensure_teacher, load_teacher
-from l2kd.losses import hidden_states
-from l2kd.ops import kd_loss, kd_loss_ref
-from l2kd.ops.linear_cross_entropy import linear_cross_entropy
-from l2kd.ops.linear_kd_loss import linear_kd_loss
-from l2kd.strategies.base import Strategy, TaskContext, Wrapper
+from l2kd.losses import Losses, hidden_states, select
+from l2kd.strategies.base import ONE_PROCESS, Report, Shares, Strategy, TaskContext, TaskStart, Wrapper, merge_reports
 
 
 class WordKD(Wrapper):
@@ -40,56 +36,51 @@ class WordKD(Wrapper):
         super().__init__(base)
         self.teacher: Optional[PreTrainedModel] = None
 
-    def before_task(self, ctx: TaskContext, model: PreTrainedModel) -> List[Encoded]:
-        extra = self.base.before_task(ctx, model)
+    def before_task(self, ctx: TaskContext, model: PreTrainedModel) -> TaskStart:
+        start = self.base.before_task(ctx, model)
         (task,) = ctx.tasks
         self.teacher = load_teacher(ensure_teacher(ctx.cfg, task, ctx.train_teacher), ctx.device)
-        ctx.stats["teacher"] = task
-        if DIAGNOSTICS not in ctx.stats:  # Seq-KD soft: the wrapped SeqKD measured this teacher already
-            ctx.stats[DIAGNOSTICS] = diagnose_teacher(self.teacher, model, ctx.tokenizer, ctx.ids, ctx.cfg, task,
-                                                      ctx.train_examples, ctx.max_len)
-        return extra
+        report: Report = {"teacher": task}
+        if not self.base.diagnoses_teacher:  # Seq-KD soft: the wrapped SeqKD measures this teacher
+            report[DIAGNOSTICS] = diagnose_teacher(self.teacher, model, ctx.tokenizer, ctx.ids, ctx.cfg, task,
+                                                   ctx.train_examples, ctx.max_len)
+        return TaskStart(start.extra, merge_reports(self.name, start.report, report))
 
-    def _part(self, model, inp: torch.Tensor, tgt: torch.Tensor, current: torch.Tensor, weight: torch.Tensor,
-              cfg, shares: Tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
-        """KD on the current task's target positions plus weighted CE on the replayed ones, each
-        mean scaled by this rank's share of its global denominator (``shares``: KD, CE)."""
-        has_t = tgt != IGNORE
-        kd_rows = has_t & current[:, None]
-        ce_rows = has_t & ~current[:, None]
+    def _part(self, model, inp: torch.Tensor, tgt: torch.Tensor, kd_rows: torch.Tensor, ce_rows: torch.Tensor,
+              weight: torch.Tensor, cfg, losses: Losses, shares: Tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
+        """KD on the current task's target positions (``kd_rows``, flat) plus weighted CE on the
+        replayed ones (``ce_rows``), each mean scaled by this rank's share of its global
+        denominator (``shares``: KD, CE). The positions come from the host (``Batch.rows``) and
+        an empty selection gives 0 with a zero gradient, so nothing is read back."""
         h = hidden_states(model, inp)
         head = model.get_output_embeddings()
-        loss = h.new_zeros((), dtype=torch.float32)
-        if kd_rows.any():
-            t_head = self.teacher.get_output_embeddings()
-            with torch.no_grad():
-                th = hidden_states(self.teacher, inp.clamp(max=t_head.weight.shape[0] - 1))[kd_rows]
-            if cfg.use_kernels and getattr(head, "bias", None) is None and getattr(t_head, "bias", None) is None:
-                # fused heads + KD, chunked over rows: no [N, V] student or teacher logits
-                hk = h[kd_rows].to(head.weight.dtype)  # autocast may leave h in another dtype
-                loss = loss + shares[0] * linear_kd_loss(hk, head.weight, th.to(t_head.weight.dtype),
-                                                         t_head.weight, cfg.temperature_kd)
-            else:
-                s_logits = head(h[kd_rows])
-                with torch.no_grad():
-                    t_logits = t_head(th)
-                kd = kd_loss if cfg.use_kernels else kd_loss_ref
-                loss = loss + shares[0] * kd(s_logits, t_logits.to(s_logits.dtype), None, cfg.temperature_kd)
-        if ce_rows.any():
-            loss = loss + shares[1] * linear_cross_entropy(h[ce_rows], head.weight, tgt[ce_rows], weight)
-        return loss
+        t_head = self.teacher.get_output_embeddings()
+        with torch.no_grad():
+            th = select(hidden_states(self.teacher, inp.clamp(max=t_head.weight.shape[0] - 1)), kd_rows)
+        kd = losses.kd(select(h, kd_rows), head, th, t_head, cfg.temperature_kd)
+        ce = losses.ce(select(h, ce_rows), head, select(tgt, ce_rows), weight)
+        return shares[0] * kd + shares[1] * ce
 
-    def loss(self, ctx: TaskContext, model: PreTrainedModel, batch: Batch, weight: torch.Tensor
-             ) -> Tuple[torch.Tensor, Dict[str, float]]:
-        current = ~batch.is_pseudo
-        qa = self._part(model, batch.qa_input, batch.qa_target, current, weight, ctx.cfg,
-                        (ctx.share("qa_kd"), ctx.share("qa_ce")))
+    def loss(self, ctx: TaskContext, model: PreTrainedModel, batch: Batch, weight: torch.Tensor,
+             shares: Shares = ONE_PROCESS) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        losses, rows = ctx.setup.losses, batch_rows(batch)
+        qa = self._part(model, batch.qa_input, batch.qa_target, rows["qa_cur"], rows["qa_rep"], weight, ctx.cfg,
+                        losses, (shares.share("qa_kd"), shares.share("qa_ce")))
         if not self.uses_lm_loss:
-            return qa, {"qa_kd_loss": qa.item()}
-        lm = self._part(model, batch.lm_input, batch.lm_target, current, weight, ctx.cfg,
-                        (ctx.share("lm_kd"), ctx.share("lm_ce")))
-        return qa + ctx.cfg.lm_lambda * lm, {"qa_kd_loss": qa.item(), "lm_kd_loss": lm.item()}
+            return qa, {"qa_kd_loss": qa.detach()}
+        lm = self._part(model, batch.lm_input, batch.lm_target, rows["lm_cur"], rows["lm_rep"], weight, ctx.cfg,
+                        losses, (shares.share("lm_kd"), shares.share("lm_ce")))
+        return qa + ctx.cfg.lm_lambda * lm, {"qa_kd_loss": qa.detach(), "lm_kd_loss": lm.detach()}
 
-    def after_task(self, ctx: TaskContext, model: PreTrainedModel) -> None:
-        self.base.after_task(ctx, model)
+    def after_task(self, ctx: TaskContext, model: PreTrainedModel) -> Report:
+        report = self.base.after_task(ctx, model)
         self.teacher = None
+        return report
+
+
+def batch_rows(batch: Batch) -> dict:
+    """``batch.rows``; computed here (on the batch's device) for a batch built without them."""
+    if batch.rows:
+        return batch.rows
+    return {**target_rows(batch.qa_target, batch.is_pseudo, "qa"), **target_rows(batch.lm_target, batch.is_pseudo,
+                                                                                "lm")}

@@ -68,7 +68,7 @@ def test_memory_sampling(tok_ids):
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=1, n_head=1, n_embd=8, n_positions=128))
     s.before_task(ctx, model)
     assert len(s.memories["a"]) == int(0.25 * 20) and all(any(m is e for e in exs[:3]) for m in s.memories["a"])
-    assert ctx.stats["gem"]["memory_sizes"] == [5]
+    assert s.counts["memory_sizes"] == [5]
     assert s._mem.shape == (1, sum(p.numel() for p in model.parameters()))
 
 
@@ -79,7 +79,7 @@ def test_projection_constraint_and_grad_written(tok_ids, tiny_model, margin):
     g = current_step(s, ctx, tiny_model, exs, ids, w)
     M = torch.stack([flat_grad(tiny_model, memory_loss(tiny_model, m, ids, w)) for m in (exs[:3], exs[3:])])
     torch.testing.assert_close(s._mem, M, rtol=1e-4, atol=1e-7)  # batched, per-batch-scaled memory grads
-    assert float(M[0] @ g) < 0 and ctx.stats["gem"]["projected_steps"] == 1
+    assert float(M[0] @ g) < 0 and s.counts["projected_steps"] == 1
     new = torch.cat([p.grad.reshape(-1) for p in tiny_model.parameters()])
     assert new.data_ptr() != 0 and not torch.equal(new, g)
     torch.testing.assert_close(new, gem_project_ref(g, M, margin, 1e-3), rtol=1e-4, atol=1e-6)
@@ -127,7 +127,7 @@ def test_clipping_and_buffers_reused(tok_ids, tiny_model):
     # each memory batch clipped to 1e-3, weighted by its share: row norms <= 1e-3
     assert bool((s._mem.norm(dim=1) <= 1e-3 * (1 + 1e-4)).all())
     current_step(s, ctx, tiny_model, exs, ids, w)
-    assert (s._g.data_ptr(), s._mem.data_ptr()) == ptrs and ctx.stats["gem"]["steps"] == 2
+    assert (s._g.data_ptr(), s._mem.data_ptr()) == ptrs and s.counts["steps"] == 2
     assert all(p.grad.data_ptr() >= ptrs[0] and p.grad.data_ptr() < ptrs[0] + s._g.numel() * 4
                for p in tiny_model.parameters())
 

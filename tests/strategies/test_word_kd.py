@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from l2kd.config import SamplingConfig, TrainConfig
 from l2kd.data.qa_format import collate, encode_example
-from l2kd.losses import token_weights
+from l2kd.losses import Losses, token_weights
 from l2kd.strategies.base import Strategy
 from l2kd.strategies.lamol import LAMOL
 from l2kd.strategies.word_kd import WordKD
@@ -36,7 +36,7 @@ def test_word_kd_mixed_batch_formula(tok_ids, tiny_model, base):
     strat = WordKD(base)
     strat.teacher = teacher
     cfg = TrainConfig(tasks=("rnnlg.rest",), data_dir=".", model_dir_root=".", temperature_kd=2.0, lm_lambda=0.25)
-    loss, _ = strat.loss(SimpleNamespace(cfg=cfg, share=lambda part: 1.0), tiny_model, b, w)
+    loss, _ = strat.loss(SimpleNamespace(cfg=cfg, setup=SimpleNamespace(losses=Losses())), tiny_model, b, w)
 
     def part(inp, tgt):
         s, t = tiny_model(inp).logits, teacher(inp).logits
@@ -49,6 +49,35 @@ def test_word_kd_mixed_batch_formula(tok_ids, tiny_model, base):
     if base.uses_lm_loss:
         want = want + 0.25 * part(b.lm_input, b.lm_target)
     torch.testing.assert_close(loss, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("use_kernels", [True, False])
+def test_word_kd_ce_rows_honour_a_head_bias(tok_ids, use_kernels):
+    """A student head with a bias: the replayed rows' cross-entropy includes it (as head_ce does),
+    and the KD rows take the eager path with the biased logits."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok, ids = tok_ids
+    torch.manual_seed(3)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=1, n_head=2, n_embd=16, n_positions=128)).eval()
+    head = model.get_output_embeddings()
+    head.bias = torch.nn.Parameter(torch.randn(len(tok)) * 3.0)  # large enough to change every row's loss
+    teacher = GPT2LMHeadModel(model.config).eval()
+    cur = encode_example(tok, ids, "inform(a)", "q?", ["x y z"], "rnnlg.rest", 128)
+    pseudo = encode_example(tok, ids, "inform(b)", "q?", ["w v"], "rnnlg.rest", 128, is_pseudo=True)
+    b = collate([cur, pseudo], ids)
+    w = token_weights(len(tok), ids, 5.0, torch.device("cpu"))
+    strat = WordKD(Strategy())
+    strat.teacher = teacher
+    cfg = TrainConfig(tasks=("rnnlg.rest",), data_dir=".", model_dir_root=".", temperature_kd=2.0,
+                      use_kernels=use_kernels)
+    loss, _ = strat.loss(SimpleNamespace(cfg=cfg, setup=SimpleNamespace(losses=Losses(use_kernels))), model, b, w)
+    s, t = model(b.qa_input).logits, teacher(b.qa_input).logits  # HF's head applies the bias
+    m = b.qa_target != -1
+    want = _original_kd(s[0][m[0]], t[0][m[0]], 2.0) + F.cross_entropy(s[1][m[1]], b.qa_target[1][m[1]], weight=w)
+    torch.testing.assert_close(loss, want, rtol=1e-4, atol=1e-5)
+    unbiased = F.cross_entropy(s[1][m[1]] - head.bias, b.qa_target[1][m[1]], weight=w)
+    assert abs(float(unbiased) - float(F.cross_entropy(s[1][m[1]], b.qa_target[1][m[1]], weight=w))) > 1e-2
 
 
 @pytest.mark.slow
