@@ -136,7 +136,7 @@ def _wraps(rec: PhaseRecorder):
     import l2kd.strategies.word_kd as word_kd
 
     return [
-        (task, "step", "train_step", lambda a, k, r: len(a[6])),
+        (task, "step", "train_step", lambda a, k, r: len(a[1])),  # step(run, idx)
         (task, "end_epoch", "save", None),
         (task, "finish_task", "save", None),
         (lamol, "generate_pseudo", "pseudo_gen", lambda a, k, r: r[1].generated),
