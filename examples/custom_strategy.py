@@ -15,10 +15,11 @@ Outputs go to ``<root>/<model>/<strategy name>/...`` (here ``l2_pull``).
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict
 
 import torch
 
+from l2kd.config import StrategyTraits
 from l2kd.strategies import Strategy
 
 
@@ -27,13 +28,14 @@ class L2Pull(Strategy):
     value at the end of the previous task (a decoupled L2 penalty; plain QA loss otherwise)."""
 
     name = "l2_pull"
+    # What the rest of l2kd asks of a method: no replay, a plain per-task stage, and the
+    # optional flags it works with (Word-KD / Seq-KD can wrap it, --unbound chunks it).
+    traits = StrategyTraits(joint=False, replays=False, memory_factor=0.58, pct_in_folder=False,
+                            accepts=frozenset({"distil", "seq_distil", "unbound"}))
 
     def __init__(self, strength: float = 1.0) -> None:
         self.strength = strength
         self.anchor: Dict[str, torch.Tensor] = {}
-
-    def before_task(self, ctx, model) -> List:
-        return []  # no replay
 
     @torch.no_grad()
     def after_step(self, ctx, model, lr: float) -> None:
@@ -43,8 +45,10 @@ class L2Pull(Strategy):
                 p.add_(a - p, alpha=min(1.0, lr * self.strength))
 
     @torch.no_grad()
-    def after_task(self, ctx, model) -> None:
+    def after_task(self, ctx, model) -> Dict[str, float]:
         self.anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
+        # a returned report is filed in the task summary (l2kd_task.json) under this strategy's name
+        return {"l2_pull_anchor_params": float(sum(a.numel() for a in self.anchor.values()))}
 
     def state_dict(self) -> dict:
         return {"anchor": self.anchor}
