@@ -30,7 +30,7 @@ from l2kd.data.tasks import answers_path, get_task, task_file
 from l2kd.generation import generate
 from l2kd.io_utils import atomic_write_json, atomic_write_text
 from l2kd.data.unbound import concatenated_training_data
-from l2kd.layout import (ACCURACY_MATRIX, MULTI_TYPES, RUN_RECORD, TASK_RECORD, TEST_LOG, plan_stages, run_dir_of,
+from l2kd.layout import (ACCURACY_MATRIX, RUN_RECORD, TASK_RECORD, TEST_LOG, plan_stages, run_dir_of,
                          saved_epochs, task_dir)
 from l2kd.metrics import (backward_transfer, compute_metrics, forgetting, forward_transfer,
                           task_score)
@@ -214,7 +214,7 @@ def _evaluate_stages(cfg: TrainConfig, rdir: str, device: torch.device, quiet: b
         R.append([task_score(t, final[t]) for t in cfg.tasks])
         all_metrics["+".join(stage)] = final
         log.info("after %s: %s", "+".join(stage), " ".join(f"{t}={s:.1f}" for t, s in zip(cfg.tasks, R[-1])))
-    result = matrix_report(list(cfg.tasks), R, cfg.seq_train_type in MULTI_TYPES, ["+".join(s) for s in stages])
+    result = matrix_report(list(cfg.tasks), R, cfg.traits.joint, ["+".join(s) for s in stages])
     result["metrics"] = all_metrics
     result["by_epoch"] = by_epoch
     result["test_settings"] = test_settings(cfg)

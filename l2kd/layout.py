@@ -21,17 +21,6 @@ from typing import List, Sequence
 from l2kd.config import strategy_traits
 from l2kd.data.unbound import chunk_names, n_chunks
 
-
-class _JointTypes:
-    """``name in MULTI_TYPES``: whether the strategy called ``name`` trains one joint stage
-    (its traits say; kept for callers that test a name)."""
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and strategy_traits(name).joint
-
-
-MULTI_TYPES = _JointTypes()
-
 MODEL_FINISH = "model-finish"  # the original's final state dict of a task
 TASK_RECORD = "l2kd_task.json"  # summary of a finished task (written just before model-finish)
 RUN_RECORD = "l2kd_run.json"  # the run's configuration, identity and per-task summaries
