@@ -28,6 +28,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from l2kd.bases import BaseUnavailable, ensure_packaged_base, is_packaged_base
 from l2kd.cli import study_probes as probes
 from l2kd.config import SamplingConfig, TrainConfig
 from l2kd.data import bundled_data_dir
@@ -295,6 +296,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from l2kd.pretraining import ensure_base
 
         args.model_name = ensure_base(quiet=args.quiet)
+    elif is_packaged_base(args.model_name):
+        try:
+            ensure_packaged_base(args.model_name, quiet=args.quiet)  # convert now, not inside the first run
+        except BaseUnavailable as exc:
+            print(f"l2kd.study: error: {exc}", file=sys.stderr)
+            return 1
     os.makedirs(args.out, exist_ok=True)
     # Seq-KD writes its decoded training files beside the data: work on a copy, never the package's.
     copy = os.path.join(args.out, "data")
