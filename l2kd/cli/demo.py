@@ -148,6 +148,10 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
 
             prune_run(summary["run_dir"])
         sys.stdout.flush()
+    if args.prune_models:  # the teachers keep model-finish, so a later --resume can reuse them
+        from l2kd.cli.study_probes import prune_run
+
+        prune_run(args.teacher_root or args.out, keep_finish=True)
     results["seconds"] = time.time() - t_start
     print_summary(results)
     report_runs([r["run_dir"] for r in results["strategies"].values()], args.out)
