@@ -124,6 +124,9 @@ def test_teacher_epochs_give_the_teachers_a_folder_of_their_own(tmp_path):
     kd, lll = study.method_config("lll+word_kd", "forward", 1, args), study.method_config("lll", "forward", 1, args)
     assert kd.teacher_n_train_epochs == 5 and kd.teacher_root.endswith("teachers-5ep")
     assert not lll.teacher_n_train_epochs
+    assert study.teacher_epochs("2x", 3) == 6 and study.teacher_epochs("5", 3) == 5
+    with pytest.raises(SystemExit, match="teacher_epochs"):
+        study.teacher_epochs("two", 3)
 
 
 def test_summary_rows_and_verdict():

@@ -53,7 +53,7 @@ PRETRAINED = "pretrained"  # --model_name value naming l2kd's pretrained tiny ba
 # 2 cores, hence fewer examples, one order, and the model files of finished runs deleted.
 BASE_PRESETS: Dict[str, Dict[str, object]] = {
     "smollm2-135m": dict(model_name="smollm2-135m", lr=2e-4, train=160, test=30, epochs=2, batch=8,
-                         max_gen_len=60, orders=["forward"], teacher_epochs=4, prune_models=True,
+                         max_gen_len=60, orders=["forward"], teacher_epochs="2x", prune_models=True,
                          methods=["finetune", "multitask", "lll", "lll+word_kd", "lll+word_kd@T1",
                                   "lll+seq_kd_soft"],
                          probe_pairs=["rnnlg.rest:woz.en", "woz.en:rnnlg.rest", "e2enlg:woz.en", "woz.en:e2enlg",
@@ -107,9 +107,9 @@ def method_config(method: str, order: str, seed: int, args: argparse.Namespace) 
     if extra.pop("long_teacher", False):
         extra["teacher_n_train_epochs"] = args.long_teacher_epochs
         teachers += f"-{args.long_teacher_epochs}ep"
-    elif args.teacher_epochs and seq_type == "lll" and (extra.get("distil") or extra.get("seq_distil")):
-        extra["teacher_n_train_epochs"] = args.teacher_epochs
-        teachers += f"-{args.teacher_epochs}ep"
+    elif int(args.teacher_epochs or 0) and seq_type == "lll" and (extra.get("distil") or extra.get("seq_distil")):
+        extra["teacher_n_train_epochs"] = int(args.teacher_epochs)
+        teachers += f"-{int(args.teacher_epochs)}ep"
     return TrainConfig(
         tasks=ordered_tasks(args.tasks, order), data_dir=args.data_dir, model_name=args.model_name,
         model_dir_root=os.path.join(args.out, order, method), teacher_root=teachers,
@@ -210,8 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_gen_len", type=int, default=96, help="length cap of pseudo-samples and answers (tokens)")
     p.add_argument("--long_teacher_epochs", type=int, default=6,
                    help="teacher epochs of the lll+word_kd@long_teacher runs (the others' teachers train --epochs)")
-    p.add_argument("--teacher_epochs", type=int, default=0,
-                   help="epochs of every distilled method's teachers (0: --epochs); they get a folder of their own")
+    p.add_argument("--teacher_epochs", default="0",
+                   help="epochs of every distilled method's teachers: N, or Nx for N times --epochs (0: --epochs); "
+                        "they get a folder of their own")
     for kind, lam in STRONG_REG_LAMBDA.items():
         p.add_argument(f"--{kind}_strong_reg_lambda", type=float, default=lam,
                        help=f"--reg_lambda of the {kind}_strong runs (default {lam:g})")
@@ -271,6 +272,19 @@ def resolve_tasks_and_epochs(args: argparse.Namespace) -> None:
         args.epochs = int(args.epochs)
     except ValueError:
         raise SystemExit(f"--epochs {args.epochs!r}: a whole number or 'auto'") from None
+    args.teacher_epochs = teacher_epochs(args.teacher_epochs, args.epochs)
+
+
+def teacher_epochs(value: object, epochs: int) -> int:
+    """``--teacher_epochs``: a number of epochs, or ``Nx`` (N times the students' ``epochs``)."""
+    text = str(value).strip()
+    try:
+        n = round(float(text[:-1]) * epochs) if text.endswith("x") else int(text)
+    except ValueError:
+        raise SystemExit(f"--teacher_epochs {value!r}: a whole number, or a multiple of --epochs such as 2x") from None
+    if n < 0:
+        raise SystemExit(f"--teacher_epochs {value!r}: must not be negative")
+    return n
 
 
 def cell_key(args: argparse.Namespace) -> Dict[str, object]:
