@@ -169,6 +169,17 @@ def test_train_and_test_every_strategy(tmp_path, bases, data, family, strategy):
             any(f.endswith("_to_squad-distil-v2.0.json") for f in os.listdir(data))
 
 
+def test_padded_embedding_is_cut_to_the_tokenizer(tmp_path, bpe, data):
+    """Qwen2 checkpoints have more embedding rows than tokens: the rows LAMOL's tokens get are
+    the tokenizer's next ids, and logits cover exactly the tokenizer."""
+    folder = save_tiny_model(str(tmp_path / "qwen2-padded"), "qwen2", bpe, tied=False, pad_vocab=37)
+    cfg = _cfg(str(tmp_path / "runs"), folder, data, "lll")
+    summary = train_sequence(cfg)
+    with open(os.path.join(summary["run_dir"], TASKS[1], "config.json")) as f:
+        assert json.load(f)["vocab_size"] == len(load_base_tokenizer(folder)) + 4
+    assert len(evaluate_run(cfg, quiet=True)["matrix"]) == 2
+
+
 def test_command_line_train_and_test_a_llama_folder(tmp_path, bases, data):
     from l2kd.cli.test import main as test_main
     from l2kd.cli.train import main as train_main
