@@ -138,13 +138,14 @@ def test_summary_rows_and_verdict():
                   "parse_rate": 0.25, "teacher": {}, "train_seconds": 2.0, "test_seconds": 1.0})
     cells.append({"method": "lll+word_kd", "order": "forward", "seed": 1, "tasks": ["a", "b"], "matrix": m,
                   "average": 40.0, "parse_rate": 0.5, "train_seconds": 2.0, "test_seconds": 1.0,
-                  "teacher": {"a": {"teacher_score": 33.0}, "b": {"teacher_score": 44.0}}})
+                  "teacher": {"a": {"teacher_score": 33.0, "soft_targets": {"entropy_fraction": 0.5}},
+                              "b": {"teacher_score": 44.0, "soft_targets": {"entropy_fraction": 0.7}}}})
     rows = study_summary.summarize(cells)
     ft = rows[0]
     assert ft["average"]["mean"] == 31.5 and ft["average"]["n"] == 2 and ft["just_learnt"]["mean"] == 35.0
     assert rows[2]["teacher_scores"] == {"a": 33.0, "b": 44.0}
     md = study_summary.markdown(rows)
-    assert "| lll | 1 |" in md and "25.0%" in md and "33.0 / 44.0" in md
+    assert "| lll | 1 |" in md and "25.0%" in md and "33.0 / 44.0 | 60% |" in md
     assert "holds: best distilled lll+word_kd 40.0, lll 35.0, finetune 31.5" in md
 
 

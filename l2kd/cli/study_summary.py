@@ -35,6 +35,14 @@ def teacher_scores(cells: Sequence[dict]) -> Dict[str, float]:
     return {t: statistics.fmean(v) for t, v in acc.items()}
 
 
+def teacher_entropy(cells: Sequence[dict]) -> Optional[float]:
+    """Mean entropy / log V of the teachers' soft targets over the cells' diagnostics."""
+    v = [float(d["soft_targets"]["entropy_fraction"]) for c in cells for d in (c.get("teacher") or {}).values()
+         if isinstance(d, dict) and isinstance(d.get("soft_targets"), dict)
+         and d["soft_targets"].get("entropy_fraction") is not None]
+    return statistics.fmean(v) if v else None
+
+
 def summarize(cells: Sequence[dict]) -> List[Dict[str, object]]:
     """One row per (order, method), in the order the cells first appear."""
     groups: Dict[tuple, List[dict]] = {}
@@ -54,6 +62,7 @@ def summarize(cells: Sequence[dict]) -> List[Dict[str, object]]:
             "just_learnt": _stat([just_learnt(c["matrix"]) for c in cs if c.get("matrix")]),
             "parse_rate": _stat([c.get("parse_rate") for c in cs]),
             "teacher_scores": teacher_scores(cs),
+            "teacher_entropy_fraction": teacher_entropy(cs),
             "seconds": _stat([c["train_seconds"] + c["test_seconds"] for c in cs]),
         })
     return rows
@@ -86,16 +95,19 @@ def markdown(rows: Sequence[Dict[str, object]]) -> str:
         tasks = rs[0]["tasks"]
         out += [f"### {order}: {' -> '.join(tasks)}", "",
                 "| method | seeds | " + " | ".join(tasks) + " | avg | BWT | forget | just learnt | parse rate | "
-                "teachers | wall s |", "|---" * (len(tasks) + 9) + "|"]
+                "teachers | teacher H / log V | wall s |", "|---" * (len(tasks) + 10) + "|"]
         for r in rs:
             teach = " / ".join(f"{r['teacher_scores'][t]:.1f}" for t in tasks if t in r["teacher_scores"]) or "-"
             finals = [_fmt(s) for s in r["final"]] + ["-"] * (len(tasks) - len(r["final"]))
+            ent = r["teacher_entropy_fraction"]
+            ent = f"{100 * ent:.0f}%" if ent is not None else "-"
             out.append(f"| {r['method']} | {len(r['seeds'])} | " + " | ".join(finals) + f" | {_fmt(r['average'])} | "
                        f"{_fmt(r['backward_transfer'])} | {_fmt(r['forgetting'])} | {_fmt(r['just_learnt'])} | "
-                       f"{_fmt(r['parse_rate'], pct=True)} | {teach} | {_fmt(r['seconds'])} |")
+                       f"{_fmt(r['parse_rate'], pct=True)} | {teach} | {ent} | {_fmt(r['seconds'])} |")
         out += ["", verdict(rows, order), ""]
     out.append("Final score per task after the last task, 0-100, mean ± std over seeds; avg = their mean; BWT = "
                "backward transfer; forget = forgetting; just learnt = mean score on each task right after learning "
                "it; parse rate = share of LAMOL's pseudo-samples that parsed (all tasks); teachers = mean teacher "
-               "score per task (distilled methods); wall s = train + test per run.")
+               "score per task (distilled methods); teacher H / log V = mean entropy of their soft targets at the "
+               "run's temperature over its maximum; wall s = train + test per run.")
     return "\n".join(out) + "\n"
