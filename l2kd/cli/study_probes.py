@@ -91,6 +91,7 @@ def forgetting_probe(args: argparse.Namespace, pairs: Sequence[Tuple[str, str]])
         print(f"  {a}: {r[0][0]:.1f} after itself, {r[1][0]:.1f} after {b} (forgetting {r[0][0] - r[1][0]:.1f}); "
               f"{b}: {r[1][1]:.1f}", flush=True)
         _write_probe(path, args, list(done.values()))
+        atomic_write_text(os.path.join(args.out, "forgetting_probe.md"), forgetting_markdown(list(done.values()), args))
         if args.prune_models:
             prune_run(run_dir_of(cfg))
     out = {"results": [done[f"{a}:{b}"] for a, b in pairs if f"{a}:{b}" in done]}
