@@ -347,8 +347,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         write_study(args, cells)
         if args.prune_models:
             probes.prune_run(cell["run_dir"])
-            if seed_finished(plan, cells, order, seed):
-                probes.prune_run(os.path.join(args.out, order), keep_finish=True)  # teachers: model-finish stays
+            # teachers keep model-finish (and config.json): all that later students load from them
+            probes.prune_run(os.path.join(args.out, order), keep_finish=True)
     write_study(args, cells)
     print("\nwall time per method\n" + wall_time_table(cells))
     print(f"({time.time() - t_start:.0f} s in all)\n")
@@ -358,13 +358,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.prune_models:  # the report reads accuracy_matrix.json and l2kd_run.json, which stay
         return report_main(dirs + ["--out", args.out, "--no-plots"])
     return report_main(dirs + ["--out", args.out] + ([] if args.plots else ["--no-plots"]))
-
-
-def seed_finished(plan: Sequence[Tuple[str, str, int]], cells: Sequence[Dict[str, object]], order: str,
-                  seed: int) -> bool:
-    """Whether every run of ``order`` and ``seed`` in the plan is among ``cells``."""
-    have = {(c["order"], c["method"], c["seed"]) for c in cells}
-    return all(p in have for p in plan if p[0] == order and p[2] == seed)
 
 
 def write_study(args: argparse.Namespace, cells: List[Dict[str, object]]) -> None:
