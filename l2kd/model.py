@@ -1,5 +1,8 @@
-"""Model construction: pretrained GPT-2 / openai-gpt from local files (also folders saved by
-pytorch-transformers 1.x, the original's library), or the offline tiny GPT-2."""
+"""Model construction: any decoder-only causal LM saved in a local folder (GPT-2, openai-gpt,
+the Llama family: Llama, SmolLM2, Qwen2; also GPT-2 folders saved by pytorch-transformers 1.x,
+the original's library), a base named in :data:`l2kd.bases.BASES` (converted once into the
+user's cache), or the offline tiny GPT-2. Weights are fp32 (master weights; autocast does any
+low precision)."""
 from __future__ import annotations
 
 import json
@@ -8,6 +11,8 @@ from typing import Optional
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
+
+from l2kd.bases import ensure_packaged_base, is_packaged_base
 
 # The demo/test model (docs/design-notes.md, "Scale of the demo"): 2 layers, 2 heads, 128 dims, real vocabulary.
 TINY_GPT2 = dict(n_layer=2, n_head=2, n_embd=128, n_positions=512)
@@ -25,6 +30,8 @@ def load_base_model(model_name: str, seed: int) -> PreTrainedModel:
     if model_name == "tiny-gpt2":
         torch.manual_seed(seed)
         return GPT2LMHeadModel(tiny_gpt2_config())
+    if is_packaged_base(model_name):
+        return load_model_dir(ensure_packaged_base(model_name))
     if os.path.isdir(model_name):
         return load_model_dir(model_name)
     from transformers import AutoModelForCausalLM
@@ -88,25 +95,29 @@ def load_model_dir(path: str) -> PreTrainedModel:
         raise ValueError(f"--model_name {path}: loading {weights[0]} with its config.json failed: "
                          f"{type(exc).__name__}: {exc}") from exc
     # transformers fills weights missing from the file with random values and only logs it.
-    missing = [k for k in info.get("missing_keys", ()) if not k.endswith("lm_head.weight")]  # tied to wte
+    tied = getattr(model.config, "tie_word_embeddings", True)
+    missing = [k for k in info.get("missing_keys", ()) if not (tied and k.endswith("lm_head.weight"))]
     if missing:
         raise ValueError(f"--model_name {path}: {weights[0]} lacks weights of the configured model "
                          f"({len(missing)} missing, e.g. {sorted(missing)[:3]}): a different architecture?")
     if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
-        # transformers 5 keeps a file's fp16 (the shipped pretrained base); l2kd trains fp32 master
-        # weights (autocast does the low precision), so a half-precision file is widened here
+        # transformers 5 keeps a file's fp16 / bf16 (the shipped pretrained base); l2kd trains fp32
+        # master weights (autocast does the low precision), so a half-precision file is widened here
         model = model.float()
     return model
 
 
 def context_length(model: PreTrainedModel) -> int:
-    """Maximum sequence length (n_positions) of the model."""
+    """Maximum sequence length of the model: GPT-2's ``n_positions``, else the config's
+    ``max_position_embeddings`` (Llama, Qwen2, ...)."""
     cfg = model.config
     return int(getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings"))
 
 
 def resize_for_tokenizer(model: PreTrainedModel, vocab_size: int) -> None:
-    """Grow the (tied) embeddings to ``vocab_size``; new rows are initialised as the model's init."""
+    """Give the input embeddings and the output head (tied or not) ``vocab_size`` rows; new rows
+    are initialised as the model's init. A model whose embedding has padding rows beyond its
+    tokenizer (Qwen2) is cut to the tokenizer, so logits and token ids have the same range."""
     if model.get_input_embeddings().weight.shape[0] != vocab_size:
         model.resize_token_embeddings(vocab_size, mean_resizing=False)
 

@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from l2kd.bases import BASES
 from l2kd.config import (RUNTIME, ConfigError, SamplingConfig, TrainConfig, _upsample, flag, strategy_names)
 from l2kd.layout import run_dir, task_dir
 
@@ -27,10 +28,11 @@ upsample_rates = _upsample
 
 
 def _model_name(value: str) -> str:
-    if value in BUILTIN_MODELS or os.path.isdir(value):
+    if value in BUILTIN_MODELS or value in BASES or os.path.isdir(value):
         return value
     raise argparse.ArgumentTypeError(
-        f"invalid model name {value!r}: choose from {', '.join(BUILTIN_MODELS)} or give a local model directory"
+        f"invalid model name {value!r}: choose from {', '.join(BUILTIN_MODELS + sorted(BASES))} or give a local "
+        "model directory"
     )
 
 

