@@ -21,6 +21,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
+from l2kd.async_writer import StateWriter
 from l2kd.data.qa_format import Encoded
 from l2kd.io_utils import atomic_torch_save, atomic_write_json
 from l2kd.layout import CHECKPOINT, MODEL_FINISH, RNG_STATE, STRATEGY_STATE, TASK_RECORD
@@ -165,9 +166,26 @@ def load_task_model(model: torch.nn.Module, tdir: str, name: str = MODEL_FINISH)
                                    f"unexpected {unexpected[:5]})")
 
 
-def save_resume_state(tdir: str, state: Dict[str, Any]) -> None:
-    """Replace the task's ``checkpoint.pt`` (only the latest is kept)."""
-    save_state_file(os.path.join(tdir, CHECKPOINT), state)
+def save_resume_state(tdir: str, state: Dict[str, Any], writer: Optional[StateWriter] = None,
+                      label: object = None) -> int:
+    """Replace the task's ``checkpoint.pt`` (only the latest is kept); with ``writer`` in the
+    background (a snapshot is taken now; ``label``: what its bytes count towards). Returns the
+    bytes of its tensors."""
+    path = os.path.join(tdir, CHECKPOINT)
+    if writer is None:
+        save_state_file(path, state)
+        return 0
+    return writer.submit(path, to_plain(state), label)
+
+
+def save_epoch_model(tdir: str, epoch: int, state_dict: Dict[str, Any], writer: Optional[StateWriter] = None) -> int:
+    """``model-<epoch>``, the original's per-epoch state dict; with ``writer`` in the background
+    (its bytes counted under ``epoch``). Returns the bytes of its tensors."""
+    path = os.path.join(tdir, f"model-{epoch}")
+    if writer is None:
+        atomic_torch_save(path, state_dict)
+        return 0
+    return writer.submit(path, state_dict, epoch)
 
 
 def load_resume_state(tdir: str, device: torch.device) -> Optional[Dict[str, Any]]:

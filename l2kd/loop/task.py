@@ -11,6 +11,10 @@ the count of non-finite steps accumulate on the device (:class:`DeviceStats`), a
 non-finite step is skipped there (its gradients zeroed, the optimizer told to keep every
 value, as a grad scaler does). The host reads them at logging steps, checkpoints, epoch ends
 and every :data:`HEALTH_STEPS` steps, which bounds how long a diverged run goes on.
+
+Epoch models and checkpoints are written by a background writer (:class:`StateWriter`): the
+state is copied to the host at once and written while training goes on. The task's end (and an
+error leaving it) waits for those writes; a failed one stops the run naming its file.
 """
 from __future__ import annotations
 
@@ -26,12 +30,13 @@ import torch
 from tqdm.auto import tqdm
 
 from l2kd import distributed as dist
+from l2kd.async_writer import StateWriter
 from l2kd.batching import train_batches
-from l2kd.checkpoint import drop_resume_state, load_resume_state, save_resume_state, save_task_outputs
+from l2kd.checkpoint import (drop_resume_state, load_resume_state, save_epoch_model, save_resume_state,
+                             save_task_outputs)
 from l2kd.config import TrainConfig
 from l2kd.data.multitask import shuffles_batches
 from l2kd.data.qa_format import Encoded, collate
-from l2kd.io_utils import atomic_torch_save
 from l2kd.layout import CHECKPOINT
 from l2kd.losses import LOSS_PARTS, loss_denominators
 from l2kd.optim import OriginalAdamW, make_optimizer
@@ -47,7 +52,7 @@ MAX_BAD_STEPS = 5  # consecutive non-finite losses before a run stops
 HEALTH_STEPS = 20  # the device's count of non-finite steps is read at least this often
 # Keys of the task summary the loop writes; a strategy's report may not use them.
 LOOP_KEYS = frozenset({"tasks", "epochs", "steps", "examples", "replayed", "final_loss", "seconds", "examples_per_s",
-                       "identity", "reported_by", "unbound", "restored_from"})
+                       "identity", "reported_by", "unbound", "restored_from", "state_bytes_written"})
 
 
 def n_epochs_for(cfg: TrainConfig, size: int, max_size: int) -> int:
@@ -143,6 +148,7 @@ class TaskRun:
     stats: Optional[DeviceStats] = None
     grads: Optional[torch.Tensor] = None  # one flat buffer the parameters' .grad are views of
     grad_views: List[torch.Tensor] = field(default_factory=list)
+    writer: StateWriter = field(default_factory=StateWriter)  # model-<epoch> and checkpoint.pt
 
     def __post_init__(self) -> None:
         if self.stats is None:
@@ -172,10 +178,26 @@ def train_task(model, tok, ctx: TaskContext, strategy: Strategy, precision: Prec
     ``loop_record``: the loop's own entries for the summary (the ``--unbound`` chunk)."""
     t0 = time.time()
     model.train()
+    writer = StateWriter()
+    try:
+        info = _train_task(model, tok, ctx, strategy, precision, max_size, identity, loop_record, writer, t0)
+    except BaseException:
+        try:  # what was submitted before the error is what a resume continues from
+            writer.close()
+        except Exception as exc:  # noqa: BLE001 - the first error is the one reported
+            log.error("[%s] %s", ctx.name, exc)
+        raise
+    writer.close()
+    return info
+
+
+def _train_task(model, tok, ctx: TaskContext, strategy: Strategy, precision: Precision, max_size: int,
+                identity: Dict[str, object], loop_record: Optional[Report], writer: StateWriter,
+                t0: float) -> Dict[str, object]:
     scalars = ScalarLog(ctx.run_dir) if dist.is_main() else None  # JSONL (+ TensorBoard when installed)
     start = _task_start(strategy.before_task(ctx, model))
     run = TaskRun(model, tok, ctx, strategy, precision, identity, plan_task(model, ctx, start.extra, max_size),
-                  params=[p for p in model.parameters() if p.requires_grad])
+                  params=[p for p in model.parameters() if p.requires_grad], writer=writer)
     file_report(run, start.report)
     resume(run)
     if "replay" in run.reports and scalars and run.progress.step == 0 and run.progress.epoch == 1:
@@ -203,7 +225,7 @@ def train_task(model, tok, ctx: TaskContext, strategy: Strategy, precision: Prec
                 check_health(run)
             if ctx.cfg.checkpoint_steps and progress.step % ctx.cfg.checkpoint_steps == 0 and pos < len(batches):
                 progress.epoch, progress.pos = epoch, pos
-                checkpoint(run)
+                checkpoint(run, epoch)
         bar.close()
         end_epoch(run, epoch)
     if scalars:
@@ -239,6 +261,7 @@ def resume(run: TaskRun) -> None:
     """Continue an interrupted run of this task from its ``checkpoint.pt`` (else start afresh):
     the checkpoint's replayed examples and batches become a new plan."""
     ctx = run.ctx
+    run.writer.wait()  # never read a checkpoint.pt still being written
     ck = load_resume_state(ctx.task_dir, ctx.device)
     if ck is None:
         return
@@ -269,21 +292,22 @@ def resume(run: TaskRun) -> None:
              run.progress.epoch, run.progress.step)
 
 
-def checkpoint(run: TaskRun) -> None:
-    """The latest resumable state of this task (one file, replaced atomically; rank 0 writes).
-    The keys are those l2kd has always written (``stats``: the strategy's reports)."""
+def checkpoint(run: TaskRun, epoch: int) -> int:
+    """The latest resumable state of this task (one file, replaced atomically, written in the
+    background; rank 0 writes), its bytes counted under ``epoch``; returns the bytes of its
+    tensors. The keys are those l2kd has always written (``stats``: the strategy's reports)."""
     if not dist.is_main():
-        return
+        return 0
     plan, progress = run.plan, run.progress
     vals = dict(zip(DeviceStats.FIELDS, run.stats.values.tolist()))
-    save_resume_state(run.ctx.task_dir, {
+    return save_resume_state(run.ctx.task_dir, {
         "identity": run.identity, "model": run.model.state_dict(), "optimizer": plan.optimizer.state_dict(),
         "schedule": plan.schedule.state_dict(),
         "scaler": run.precision.scaler.state_dict() if run.precision.scaler else None,
         "strategy": run.strategy.state_dict(), "rng": capture_rng(run.ctx.rng, run.ctx.generator),
         "extra": plan.extra, "plan": plan.batches, "epoch": progress.epoch, "pos": progress.pos,
         "step": progress.step, "tokens": progress.tokens, "losses": progress.losses, "stats": dict(run.reports),
-        "epoch_loss": [vals["loss_sum"], int(vals["loss_n"])], "last_loss": vals["last_loss"]})
+        "epoch_loss": [vals["loss_sum"], int(vals["loss_n"])], "last_loss": vals["last_loss"]}, run.writer, epoch)
 
 
 def step(run: TaskRun, idx: List[int]) -> Optional[Dict[str, object]]:
@@ -401,32 +425,46 @@ def _log_step(name: str, epoch: int, rec: Dict[str, object], progress: Progress,
 
 
 def end_epoch(run: TaskRun, epoch: int) -> None:
-    """``model-<epoch>``, the resume state at the start of the next epoch, the epoch's mean loss."""
+    """``model-<epoch>``, the resume state at the start of the next epoch (both handed to the
+    background writer), the epoch's mean loss and the bytes of tensors the two files hold."""
     ctx, progress = run.ctx, run.progress
-    if dist.is_main():
-        atomic_torch_save(os.path.join(ctx.task_dir, f"model-{epoch}"), run.model.state_dict())
+    size = save_epoch_model(ctx.task_dir, epoch, run.model.state_dict(), run.writer) if dist.is_main() else 0
     vals = check_health(run)
     progress.epoch, progress.pos = epoch + 1, 0
     run.stats.new_epoch()
-    checkpoint(run)
-    log.info("[%s] epoch %d done: mean loss %s", ctx.name, epoch,
-             f"{vals['loss_sum'] / vals['loss_n']:.4f}" if vals["loss_n"] else "n/a (every step skipped)")
+    size += checkpoint(run, epoch)
+    log.info("[%s] epoch %d done: mean loss %s, writing model-%d and %s (%.1f MB of tensors)", ctx.name, epoch,
+             f"{vals['loss_sum'] / vals['loss_n']:.4f}" if vals["loss_n"] else "n/a (every step skipped)",
+             epoch, CHECKPOINT, size / 1e6)
 
 
 def finish_task(run: TaskRun, elapsed: float, loop_record: Report) -> Dict[str, object]:
-    """Write the finished task's outputs (``model-finish`` last) and drop its resume state."""
+    """Wait for the background writes, write the finished task's outputs (``model-finish``
+    last) and drop its resume state."""
     ctx, plan, progress = run.ctx, run.plan, run.progress
+    run.writer.wait()  # before checkpoint.pt is dropped: a late write would bring it back
+    written = _bytes_written(run)
     info = {"tasks": list(ctx.tasks), "epochs": plan.epochs, "steps": progress.step, "examples": len(plan.data),
             "replayed": len(plan.extra), "final_loss": _final_loss(run),
             "seconds": elapsed, "examples_per_s": len(plan.data) * plan.epochs / elapsed, **run.reports,
-            "reported_by": {k: run.strategy.name for k in run.reports}, **loop_record, "identity": run.identity}
+            "reported_by": {k: run.strategy.name for k in run.reports}, **loop_record, "identity": run.identity,
+            "state_bytes_written": written}
     if dist.is_main():
         save_task_outputs(run.model, run.tok, ctx.task_dir, info, run.strategy.state_dict(),
                           capture_rng(ctx.rng, ctx.generator))
         drop_resume_state(ctx.task_dir)
     dist.barrier()
-    log.info("[%s] finished in %.0f s (%.1f examples/s)", ctx.name, elapsed, info["examples_per_s"])
+    log.info("[%s] finished in %.0f s (%.1f examples/s); epoch models and checkpoints: %s bytes (per epoch %s)",
+             ctx.name, elapsed, info["examples_per_s"], written["total"], written["per_epoch"])
     return info
+
+
+def _bytes_written(run: TaskRun) -> Dict[str, object]:
+    """The bytes of ``model-<epoch>`` and ``checkpoint.pt`` files this process wrote for the
+    task: in all and per epoch (a mid-epoch checkpoint counts towards its epoch; epochs a
+    resumed run did not train count 0)."""
+    per_epoch = [int(run.writer.written.get(e, 0)) for e in range(1, run.plan.epochs + 1)]
+    return {"total": int(sum(run.writer.written.values())), "per_epoch": per_epoch}
 
 
 def _final_loss(run: TaskRun) -> Optional[float]:
