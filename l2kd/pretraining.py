@@ -35,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from l2kd.io_utils import atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temps
+from l2kd.io_utils import atomic_torch_save, atomic_write_json, atomic_write_text, file_sha256, remove_stale_temps
 from l2kd.losses import hidden_states
 from l2kd.ops.linear_cross_entropy import linear_cross_entropy
 from l2kd.runtime import bar_options
@@ -170,13 +170,6 @@ DEFAULT_RECIPE = Recipe()
 MINI_RECIPE = Recipe(n_layer=1, n_head=2, n_embd=16, n_positions=64, block_size=32, batch_size=4, steps=6,
                      warmup_steps=2, max_train_sentences=200, max_heldout_sentences=40)
 
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def recipe_checksum(recipe: Recipe) -> str:

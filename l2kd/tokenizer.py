@@ -71,7 +71,26 @@ _CLEANUP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), ("
             (" do not", " don't"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
 
 
-class OriginalGPT2Tokenizer:
+class _Wrapped:
+    """A Hugging Face tokenizer (``base``) behind l2kd's ``encode``: every other attribute is the base's."""
+
+    def __init__(self, base: PreTrainedTokenizer) -> None:
+        self.base = base
+
+    def __getattr__(self, name: str):
+        base = self.__dict__.get("base")
+        if base is None:  # during copy/unpickling, before __init__ state is restored
+            raise AttributeError(name)
+        return getattr(base, name)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.base!r})"
+
+
+class OriginalGPT2Tokenizer(_Wrapped):
     """A GPT-2 byte-level BPE tokenizer that encodes and decodes text as pytorch-transformers
     1.2.0 did, wrapping a current transformers tokenizer (``base``).
 
@@ -93,20 +112,8 @@ class OriginalGPT2Tokenizer:
     """
 
     def __init__(self, base: PreTrainedTokenizer) -> None:
-        self.base = base
+        super().__init__(base)
         self._tables_key: Optional[int] = None
-
-    def __getattr__(self, name: str):
-        base = self.__dict__.get("base")
-        if base is None:  # during copy/unpickling, before __init__ state is restored
-            raise AttributeError(name)
-        return getattr(base, name)
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __repr__(self) -> str:
-        return f"OriginalGPT2Tokenizer({self.base!r})"
 
     def _tables(self) -> None:
         """(Re)build the split order and the added-token table after tokens were added."""
@@ -233,25 +240,10 @@ def is_byte_level_bpe(tok) -> bool:
     return backend is not None and type(backend.decoder).__name__ == "ByteLevel"
 
 
-class PlainTokenizer:
+class PlainTokenizer(_Wrapped):
     """Any other Hugging Face tokenizer (SentencePiece, WordPiece, openai-gpt's BPE) with
     ``encode`` adding no special tokens: a Llama tokenizer would otherwise put ``<s>`` in front
     of every piece (context, question, answer) that LAMOL's format encodes separately."""
-
-    def __init__(self, base: PreTrainedTokenizer) -> None:
-        self.base = base
-
-    def __getattr__(self, name: str):
-        base = self.__dict__.get("base")
-        if base is None:  # during copy/unpickling, before __init__ state is restored
-            raise AttributeError(name)
-        return getattr(base, name)
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __repr__(self) -> str:
-        return f"PlainTokenizer({self.base!r})"
 
     def encode(self, text: str, add_special_tokens: bool = False, **kwargs) -> List[int]:
         """Ids of ``text`` without the tokenizer's BOS/EOS."""
