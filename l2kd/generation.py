@@ -209,6 +209,7 @@ def _generate_batch(model, prompts, limits: List[int], eos_id: int, pad_id: int,
     # Per batch position, on the device: ``kept`` = new tokens the row returns (its limit until
     # eos ends it, -1 once it could not be sampled), ``done`` = nothing more to record.
     rows = list(range(b))  # original row of each batch position (changes at reads only)
+    horizon = max_new  # the largest limit among the rows still in the batch
     limit = torch.tensor(limits, dtype=torch.long, device=device)
     kept = limit.clone()
     done = torch.zeros(b, dtype=torch.bool, device=device)
@@ -223,7 +224,7 @@ def _generate_batch(model, prompts, limits: List[int], eos_id: int, pad_id: int,
         stop = ((nxt == eos_id) | bad) & ~done
         kept = torch.where(stop, torch.where(bad, -1, step - 1), kept)
         done = done | stop | (limit <= step)
-        if step >= max(limits[r] for r in rows):  # every row is at its limit: known without a read
+        if step >= horizon:  # every row is at its limit: known without a read
             break
         if step % read_every == 0:
             flags = torch.where(done, kept.clamp(max=0), 1).tolist()  # the one read: 1 running, 0 done, -1 failed
@@ -240,6 +241,7 @@ def _generate_batch(model, prompts, limits: List[int], eos_id: int, pad_id: int,
                 keys.select(sel)
                 past.batch_select_indices(sel)
                 rows = [rows[i] for i in keep]
+                horizon = max(limits[r] for r in rows)
         last_pos = last_pos + 1
         # a finished row decodes filler until the next read drops it; -1 is no embedding row
         out = model.base_model(input_ids=nxt.clamp(min=0)[:, None], attention_mask=keys.upto(step),

@@ -50,16 +50,20 @@ class WordKD(Wrapper):
               weight: torch.Tensor, cfg, losses: Losses, shares: Tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
         """KD on the current task's target positions (``kd_rows``, flat) plus weighted CE on the
         replayed ones (``ce_rows``), each mean scaled by this rank's share of its global
-        denominator (``shares``: KD, CE). The positions come from the host (``Batch.rows``) and
-        an empty selection gives 0 with a zero gradient, so nothing is read back."""
+        denominator (``shares``: KD, CE). The positions come from the host (``Batch.rows``), so
+        their counts are known without a read: a part with no positions is left out (a batch of
+        replayed rows only runs no teacher forward); an empty selection would give 0."""
         h = hidden_states(model, inp)
         head = model.get_output_embeddings()
-        t_head = self.teacher.get_output_embeddings()
-        with torch.no_grad():
-            th = select(hidden_states(self.teacher, inp.clamp(max=t_head.weight.shape[0] - 1)), kd_rows)
-        kd = losses.kd(select(h, kd_rows), head, th, t_head, cfg.temperature_kd)
-        ce = losses.ce(select(h, ce_rows), head, select(tgt, ce_rows), weight)
-        return shares[0] * kd + shares[1] * ce
+        parts = []
+        if kd_rows.numel():
+            t_head = self.teacher.get_output_embeddings()
+            with torch.no_grad():
+                th = select(hidden_states(self.teacher, inp.clamp(max=t_head.weight.shape[0] - 1)), kd_rows)
+            parts.append(shares[0] * losses.kd(select(h, kd_rows), head, th, t_head, cfg.temperature_kd))
+        if ce_rows.numel() or not parts:
+            parts.append(shares[1] * losses.ce(select(h, ce_rows), head, select(tgt, ce_rows), weight))
+        return sum(parts[1:], parts[0])
 
     def loss(self, ctx: TaskContext, model: PreTrainedModel, batch: Batch, weight: torch.Tensor,
              shares: Shares = ONE_PROCESS) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:

@@ -51,6 +51,33 @@ def test_word_kd_mixed_batch_formula(tok_ids, tiny_model, base):
     torch.testing.assert_close(loss, want, rtol=1e-4, atol=1e-5)
 
 
+def test_word_kd_replay_only_batch_runs_no_teacher(tok_ids, tiny_model):
+    """A batch of replayed rows only is plain weighted CE, and the teacher is not run."""
+    tok, ids = tok_ids
+    tiny_model.resize_token_embeddings(len(tok), mean_resizing=False)
+    tiny_model.eval()
+
+    class NoTeacher(torch.nn.Module):
+        def get_output_embeddings(self):
+            raise AssertionError("the teacher ran on a batch without current-task rows")
+
+    pseudo = [encode_example(tok, ids, f"inform({c})", "q?", ["w v"], "rnnlg.rest", 128, is_pseudo=True)
+              for c in "ab"]
+    b = collate(pseudo, ids)
+    w = token_weights(len(tok), ids, 5.0, torch.device("cpu"))
+    strat = WordKD(LAMOL())
+    strat.teacher = NoTeacher()
+    cfg = TrainConfig(tasks=("rnnlg.rest",), data_dir=".", model_dir_root=".", temperature_kd=2.0, lm_lambda=0.25)
+    loss, _ = strat.loss(SimpleNamespace(cfg=cfg, setup=SimpleNamespace(losses=Losses())), tiny_model, b, w)
+
+    def ce(inp, tgt):
+        m = tgt != -1
+        return F.cross_entropy(tiny_model(inp).logits[m], tgt[m], weight=w)
+
+    torch.testing.assert_close(loss, ce(b.qa_input, b.qa_target) + 0.25 * ce(b.lm_input, b.lm_target),
+                               rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("use_kernels", [True, False])
 def test_word_kd_ce_rows_honour_a_head_bias(tok_ids, use_kernels):
     """A student head with a bias: the replayed rows' cross-entropy includes it (as head_ce does),
