@@ -81,7 +81,7 @@ THREADS = apply_thread_policy()
 import torch  # noqa: E402
 
 from benchmarks.common import print_table, write_results  # noqa: E402
-from benchmarks.phases import PhaseRecorder, StepSplit, after, around, patched  # noqa: E402
+from benchmarks.phases import PhaseRecorder, StepSplit, after, around, patched, proc_field  # noqa: E402
 
 STRATEGIES = ["finetune", "lll", "lll+word_kd", "gem"]
 COLUMNS = ["run", "kernels", "phase", "calls", "seconds", "items", "items_per_s", "peak_rss_mb"]
@@ -116,14 +116,7 @@ def small_random_model(out: str, seed: int = 42) -> str:
 
 def _written_bytes() -> Optional[int]:
     """Bytes this process has written so far (``wchar``: every write call, files and logs)."""
-    try:
-        with open("/proc/self/io") as f:
-            for line in f:
-                if line.startswith("wchar:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
+    return proc_field("/proc/self/io", "wchar:")
 
 
 def _wraps(rec: PhaseRecorder):

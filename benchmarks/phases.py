@@ -23,15 +23,20 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 
-def _read_hwm_kb() -> Optional[int]:
+def proc_field(path: str, key: str) -> Optional[int]:
+    """The first number after ``key`` in a ``/proc`` file of this process (None where there is none)."""
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key):
                     return int(line.split()[1])
     except OSError:
         pass
     return None
+
+
+def _read_hwm_kb() -> Optional[int]:
+    return proc_field("/proc/self/status", "VmHWM:")
 
 
 def _reset_hwm() -> bool:
