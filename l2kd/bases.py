@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, Optional
 
-from l2kd.io_utils import file_sha256
+from l2kd.io_utils import file_sha256, read_json_object, user_cache_dir
 
 log = logging.getLogger("l2kd")
 RECORD_FILE = "l2kd_base.json"
@@ -70,8 +70,7 @@ def bases_root() -> str:
     (``~/.cache/l2kd/bases`` when that is unset)."""
     if os.environ.get(DIR_ENV):
         return os.path.abspath(os.environ[DIR_ENV])
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(cache, "l2kd", "bases")
+    return user_cache_dir("bases")
 
 
 def base_dir(name: str) -> str:
@@ -98,12 +97,7 @@ def find_gguf(base: PackagedBase) -> str:
 
 def read_record(folder: str) -> Optional[dict]:
     """The conversion record of a base folder, or None when it has none (or an unreadable one)."""
-    try:
-        with open(os.path.join(folder, RECORD_FILE), encoding="utf-8") as f:
-            rec = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return rec if isinstance(rec, dict) else None
+    return read_json_object(os.path.join(folder, RECORD_FILE))
 
 
 def _pid_alive(pid: int) -> bool:

@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -81,3 +81,19 @@ def file_sha256(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def read_json_object(path: str) -> Optional[dict]:
+    """The JSON object in ``path``, or None when the file is missing, unreadable or not an object."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def user_cache_dir(*parts: str) -> str:
+    """``$XDG_CACHE_HOME/l2kd/<parts>`` (``~/.cache/l2kd/<parts>`` when it is unset)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "l2kd", *parts)

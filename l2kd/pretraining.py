@@ -35,7 +35,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from l2kd.io_utils import atomic_torch_save, atomic_write_json, atomic_write_text, file_sha256, remove_stale_temps
+from l2kd.io_utils import (atomic_torch_save, atomic_write_json, atomic_write_text, file_sha256, read_json_object,
+                           remove_stale_temps, user_cache_dir)
 from l2kd.losses import hidden_states
 from l2kd.ops.linear_cross_entropy import linear_cross_entropy
 from l2kd.runtime import bar_options
@@ -369,18 +370,12 @@ def save_base(model: GPT2LMHeadModel, out_dir: str, record: Dict[str, object], h
 
 def cache_root() -> str:
     """``$XDG_CACHE_HOME/l2kd/pretrained`` (``~/.cache/l2kd/pretrained`` when unset)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "l2kd", "pretrained")
+    return user_cache_dir("pretrained")
 
 
 def read_record(folder: str) -> Optional[Dict[str, object]]:
     """The ``l2kd_pretrain.json`` of a finished build, or None (no build, or unreadable)."""
-    try:
-        with open(os.path.join(folder, RECORD_FILE), encoding="utf-8") as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
+    return read_json_object(os.path.join(folder, RECORD_FILE))
 
 
 def verify_base(folder: str, checksum: str) -> Tuple[bool, str]:
