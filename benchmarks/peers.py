@@ -41,7 +41,10 @@ def add_peer_timeout_arg(ap: argparse.ArgumentParser) -> None:
 def deadline(seconds: Optional[float]) -> Iterator[Dict[str, bool]]:
     """Raise :class:`PeerTimeout` in the block after ``seconds`` (main thread; SIGALRM).
 
-    Yields a dict whose ``"fired"`` says whether the deadline passed, so a caller can tell a
+    The alarm repeats every 0.1 s until the block exits: a library that catches the first
+    exception (dynamo falls back to eager when a compile raises) is interrupted again, so a
+    swallowed deadline cannot turn into an unbounded warm-up. Yields a dict whose ``"fired"``
+    says whether the deadline passed, so a caller can tell a
     timeout from another error even when a library wraps the exception. No limit when
     ``seconds`` is None or <= 0, or off the main thread (signals reach only the main thread).
     """
@@ -55,7 +58,7 @@ def deadline(seconds: Optional[float]) -> Iterator[Dict[str, bool]]:
         raise PeerTimeout(f"deadline of {seconds:g} s passed")
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, seconds, 0.1)
     try:
         yield state
     finally:
@@ -76,11 +79,16 @@ def compiled(fn: Callable, warm: Callable[[Callable], object],
     "peer timed out after ... s" and the half-built compile state is dropped.
     """
     state: Dict[str, bool] = {}
+    # Import the compiler before the clock starts: an alarm that lands inside a module import
+    # leaves it half-registered, and the next import in the process then fails.
+    importlib.import_module("torch._inductor.compile_fx")
     try:
         with deadline(timeout_s) as state:
             cfn = torch.compile(fn, backend="inductor", dynamic=False)
             warm(cfn)
             warm(cfn)  # the backward graph compiles on the first backward; time neither
+        if state.get("fired"):  # a library caught the timeout and carried on: still a timeout
+            raise PeerTimeout(f"deadline of {timeout_s:g} s passed")
         return cfn, None
     except Exception as exc:  # compile failures are machine facts to record, not benchmark bugs
         if state.get("fired") or isinstance(exc, PeerTimeout):

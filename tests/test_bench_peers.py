@@ -45,6 +45,26 @@ def test_deadline_interrupts_a_slow_block_and_is_off_without_a_limit(load_benchm
     assert not state["fired"]
 
 
+def test_a_swallowed_deadline_fires_again_and_still_counts(load_benchmark):
+    """A library that catches the timeout (dynamo's fallback to eager does) is interrupted again,
+    and a warm-up that then returns normally is still recorded as timed out."""
+    peers = load_benchmark("peers")
+    caught = []
+
+    def swallowing_warm(f):
+        for _ in range(3):
+            try:
+                time.sleep(120)
+            except peers.PeerTimeout:
+                caught.append(1)
+
+    t0 = time.monotonic()
+    fn, why = peers.compiled(lambda x: x + 1, swallowing_warm, timeout_s=0.05)
+    assert len(caught) == 6  # fired again after each catch (the warm-up runs twice), not once
+    assert fn is None and why.startswith("peer timed out after 0.05 s")
+    assert time.monotonic() - t0 < 60
+
+
 def test_tolerance_grows_with_the_reduction_and_the_dtype(load_benchmark):
     b = load_benchmark("bench_kd_loss")
     small = b.agreement_tolerances(torch.float32, 1000, 1000)
