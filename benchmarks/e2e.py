@@ -100,6 +100,7 @@ def _config(strategy: str, out: str, args: argparse.Namespace, use_kernels: bool
     extra = {"model_name": args.model_dir} if getattr(args, "model_dir", None) else {}
     return dataclasses.replace(
         cfg, use_kernels=use_kernels, checkpoint_steps=0, device=getattr(args, "device", "cpu"), fp32=fp32,
+        torch_compile=getattr(args, "torch_compile", "off"),
         qa_sampling=dataclasses.replace(cfg.qa_sampling, use_kernels=use_kernels),
         lm_sampling=dataclasses.replace(cfg.lm_sampling, use_kernels=use_kernels), **extra)
 
@@ -208,6 +209,7 @@ def run_one(strategy: str, use_kernels: bool, args: argparse.Namespace, fp32: bo
         epochs = len(cfg.tasks) * cfg.n_train_epochs
         written = (w1 - w0) if w0 is not None and w1 is not None else None
         r = {"run": strategy, "kernels": use_kernels, "precision": "fp32" if fp32 else "default",
+             "torch_compile": cfg.torch_compile,
              "wall_s": wall, "train_s": t_train, "phases": rec.report(wall), "largest_phase": rec.largest(wall)[0],
              "step_split": split.report(), "train_written_mb": written / 2**20 if written is not None else None,
              "written_mb_per_epoch": written / 2**20 / epochs if written is not None else None,
@@ -445,6 +447,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="the runs' precision; both (default on CUDA) adds the fp32 / default row")
     p.add_argument("--dispatch-steps", type=int, default=32, help="steps of the dispatch-count run (0: skip)")
     p.add_argument("--startup-reps", type=int, default=3, help="fresh processes of the start-up row (0: skip)")
+    p.add_argument("--torch-compile", dest="torch_compile", default="off",
+                   choices=["off", "default", "reduce-overhead", "max-autotune"],
+                   help="the runs' --torch_compile (the body under torch.compile; its compile time is in train_step)")
     p.add_argument("--no-runs", action="store_true", help="skip the strategy runs (only the extra rows)")
     p.add_argument("--no-contention", action="store_true")
     p.add_argument("--step-reps", type=int, default=5)

@@ -304,6 +304,11 @@ class TrainConfig:
                                    "chunked head+cross-entropy is plain PyTorch and stays on", RUNTIME,
                              name="--no_kernels", original=False, cli={"action": "store_true"},
                              convert=lambda no_kernels: not no_kernels)
+    torch_compile: str = flag("off", "run the transformer body of every training forward (student and teacher) "
+                                     "under torch.compile with this mode (dynamic shapes; reduce-overhead adds "
+                                     "CUDA graphs on a GPU); the first steps of each task pay the compile",
+                              RUNTIME, original=False,
+                              cli={"choices": ["off", "default", "reduce-overhead", "max-autotune"]})
     logging_steps: int = flag(1000, "log the loss, lr and grad norm every N optimizer steps (--debug: every "
                                     "step)", RUNTIME)
     checkpoint_steps: int = flag(500, "write the task's resumable checkpoint.pt every N optimizer steps (and at "

@@ -8,7 +8,8 @@ cross-entropy with ``ignore_index=-1``, without computing logits nobody reads.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 import torch
@@ -30,9 +31,30 @@ class Losses:
     bias gets the eager logits instead, as the fused path has no bias). ``kd`` is the fused
     heads + KD loss with the compiled kernel (bias-free heads), else eager logits and
     :func:`l2kd.ops.kd_loss` (the reference with ``use_kernels=False``).
+
+    ``compile_mode`` (``--torch_compile``): ``"off"``, or a ``torch.compile`` mode under which
+    :meth:`hidden` runs the transformer body (compiled once per model, with dynamic shapes, as
+    batch lengths vary); the heads and losses stay the compiled operators above.
     """
 
     use_kernels: bool = True
+    compile_mode: str = "off"
+    _bodies: "weakref.WeakKeyDictionary" = field(default_factory=weakref.WeakKeyDictionary, repr=False,
+                                                 compare=False)
+
+    def hidden(self, model: PreTrainedModel, input_ids: torch.Tensor) -> torch.Tensor:
+        """Final hidden states ``[B, L, H]`` of ``model``'s body, compiled with ``compile_mode``."""
+        if self.compile_mode == "off":
+            return hidden_states(model, input_ids)
+        body = self._bodies.get(model)
+        if body is None:
+            from torch._inductor import list_mode_options
+
+            # fallback_random: dropout draws from the same generator as eager, so a compiled run
+            # keeps the seed's masks (and resumes exactly) instead of inductor's own stream
+            options = {**list_mode_options(self.compile_mode), "fallback_random": True}
+            body = self._bodies[model] = torch.compile(model.base_model, dynamic=True, options=options)
+        return body(input_ids=input_ids, use_cache=False).last_hidden_state
 
     def ce(self, h: torch.Tensor, head: torch.nn.Module, target: torch.Tensor,
            class_weight: torch.Tensor) -> torch.Tensor:
@@ -128,7 +150,7 @@ def head_ce(model: PreTrainedModel, input_ids: torch.Tensor, target: torch.Tenso
     if losses is None and not chunked:
         logits, tgt, _ = selected_logits(model, input_ids, target)
         return weighted_ce(logits, tgt, weight)
-    h = hidden_states(model, input_ids)
+    h = (losses or Losses()).hidden(model, input_ids)
     if rows is None:
         mask = target != IGNORE
         h, tgt = h[mask], target[mask]

@@ -57,14 +57,18 @@ class OriginalAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], torch.Tensor]] = None,
-             keep: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+             keep: Optional[torch.Tensor] = None, grads_finite: bool = False) -> Optional[torch.Tensor]:
         """One update of every parameter that has a gradient (the others keep their state).
 
         ``keep``: a 0-dim float tensor on the parameters' device, 1.0 to update and 0.0 to
         leave parameters and moments as they are (a non-finite step skipped without reading
-        the flag on the host; the gradients must be finite, e.g. zeroed). With 1.0 the result
-        is bit-identical to ``keep=None``: the moments are scaled by the same factor as a
-        tensor, and the denominator and the decay source are divided by 1.0.
+        the flag on the host). With 1.0 the result is bit-identical to ``keep=None``: the
+        moments are scaled by the same factor as a tensor, and the denominator and the decay
+        source are divided by 1.0. A skipped step's gradients may be NaN or inf: they are read
+        as 0 (on CPU slice by slice while the slice is in cache; elsewhere zeroed in place),
+        unless ``grads_finite`` says the caller already zeroed them. On CPU a kept step's
+        non-finite gradient entries would read as 0 too: the loop keeps a step only when the
+        loss and the gradient norm are finite.
         """
         loss = None
         if closure is not None:
@@ -88,10 +92,18 @@ class OriginalAdamW(torch.optim.Optimizer):
                 buckets.setdefault((p.device, p.dtype, state["step"]), []).append(p)
             for (device, _, t), params in buckets.items():
                 if device.type == "cpu":
-                    self._update_sliced(group, t, params, keep)
+                    self._update_sliced(group, t, params, keep, grads_finite)
                 else:
-                    self._update(group, t, params, keep)
+                    self._update(group, t, params, keep, grads_finite)
         return loss
+
+    def _scratch(self, n: int, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Two reused slice buffers (the denominator's and the masked gradient's): a fresh 4 MB
+        buffer every step would be fresh pages, faulted in on every step (about 1 ms each)."""
+        have = getattr(self, "_slice_buffers", None)
+        if have is None or have.dtype != dtype or have.shape[1] < n:
+            have = self._slice_buffers = torch.empty(2, n, dtype=dtype)
+        return have[0, :n], have[1, :n]
 
     @staticmethod
     def _factors(group: dict, keep: Optional[torch.Tensor]):
@@ -111,14 +123,15 @@ class OriginalAdamW(torch.optim.Optimizer):
         return group["lr"] * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
 
     def _update_sliced(self, group: dict, t: int, params: List[torch.Tensor],
-                       keep: Optional[torch.Tensor] = None) -> None:
+                       keep: Optional[torch.Tensor] = None, grads_finite: bool = False) -> None:
         """The per-tensor update, slice by slice (CPU; see the module docstring)."""
         beta1, beta2 = group["betas"]
         f1, f2 = self._factors(group, keep)
         skip_div = None if keep is None else torch.reciprocal(keep)
+        kept = None if keep is None or grads_finite else keep
         eps, decay = group["eps"], group["lr"] * group["weight_decay"]
         step_size = self._step_size(group, t)
-        buf = torch.empty(min(CPU_SLICE, max(p.numel() for p in params)), dtype=params[0].dtype)
+        buf, gbuf = self._scratch(min(CPU_SLICE, max(p.numel() for p in params)), params[0].dtype)
         for p in params:
             st = self.state[p]
             flat = [x.view(-1) if x.is_contiguous() else None for x in (p, p.grad, st["exp_avg"], st["exp_avg_sq"])]
@@ -133,6 +146,9 @@ class OriginalAdamW(torch.optim.Optimizer):
                 else:
                     x, g, m, v = (f[lo: lo + width] for f in flat)
                     d = buf[: x.numel()]
+                if kept is not None:  # g * keep without NaN: a skipped step reads 0, a kept one g bit for bit
+                    g = torch.mul(g, kept, out=gbuf[: g.numel()] if width > 1 else torch.empty_like(g))
+                    g.nan_to_num_(0.0, 0.0, 0.0)  # 3x faster than torch.where on CPU
                 m.mul_(f1).add_(g, alpha=1.0 - beta1)
                 v.mul_(f2).addcmul_(g, g, value=1.0 - beta2)
                 torch.sqrt(v, out=d)
@@ -146,10 +162,15 @@ class OriginalAdamW(torch.optim.Optimizer):
                     else:  # x / (1 / keep): x, or 0 when skipped
                         x.add_(torch.div(x, skip_div, out=d), alpha=-decay)
 
-    def _update(self, group: dict, t: int, params: List[torch.Tensor], keep: Optional[torch.Tensor] = None) -> None:
+    def _update(self, group: dict, t: int, params: List[torch.Tensor], keep: Optional[torch.Tensor] = None,
+                grads_finite: bool = False) -> None:
         beta1, beta2 = group["betas"]
         f1, f2 = self._factors(group, keep)
         grads = [p.grad for p in params]
+        if keep is not None and not grads_finite:  # one launch per tensor: the loop zeroes a flat buffer instead
+            skipped = keep <= 0
+            for g in grads:
+                g.masked_fill_(skipped, 0.0)
         m = [self.state[p]["exp_avg"] for p in params]
         v = [self.state[p]["exp_avg_sq"] for p in params]
         torch._foreach_mul_(m, f1)

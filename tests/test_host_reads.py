@@ -50,9 +50,10 @@ def _reads_per_step(monkeypatch, cfg, strategy=None):
 
 
 def _cfg(root, data_dir, **kw):
-    return TrainConfig(tasks=("rnnlg.rest",), data_dir=data_dir, model_dir_root=str(root), model_name="tiny-gpt2",
+    return TrainConfig(data_dir=data_dir, model_dir_root=str(root), model_name="tiny-gpt2",
                        learning_rate=1e-3, train_batch_size=8, quiet=True,
-                       **{"seq_train_type": "lll", "n_train_epochs": 1, "max_train_examples": 48, **kw})
+                       **{"tasks": ("rnnlg.rest",), "seq_train_type": "lll", "n_train_epochs": 1,
+                          "max_train_examples": 48, **kw})
 
 
 def test_lll_step_reads_only_inside_the_transformer(tmp_path, data_dir, monkeypatch):
@@ -98,3 +99,55 @@ def test_non_finite_steps_are_skipped_on_the_device_and_a_diverged_run_stops(tmp
     cfg = _cfg(tmp_path / "b", data_dir, seq_train_type="finetune", n_train_epochs=40, max_train_examples=8)
     with pytest.raises(FloatingPointError, match="consecutive non-finite losses"):
         train_sequence(cfg, NaNAt(set(range(3, 10**6))))
+
+
+def test_a_skipped_step_hands_gem_finite_gradients(tmp_path, data_dir):
+    """On CPU the gradients are per-parameter tensors that the optimizer reads as 0 on a skipped
+    step; a strategy that edits them (GEM, whose projection raises on NaN) gets them zeroed."""
+    from l2kd.strategies import GEM, LAMOL, Strategy, WordKD, edits_gradients
+
+    assert edits_gradients(GEM()) and not edits_gradients(LAMOL()) and not edits_gradients(Strategy())
+    assert not edits_gradients(WordKD(LAMOL()))
+
+    seen = []
+
+    class NaNGEM(GEM):
+        def loss(self, ctx, model, batch, weight, **kw):
+            loss, parts = super().loss(ctx, model, batch, weight, **kw)
+            bad = ctx.index == 1 and not getattr(self, "fired", False)  # the first step after a memory exists
+            self.fired = getattr(self, "fired", False) or bad
+            return (loss * float("nan") if bad else loss), parts
+
+        def after_backward(self, ctx, model):
+            seen.append(all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None))
+            super().after_backward(ctx, model)
+
+    cfg = _cfg(tmp_path, data_dir, seq_train_type="gem", tasks=("rnnlg.rest", "rnnlg.tv"), max_train_examples=16)
+    summary = train_sequence(cfg, NaNGEM())
+    assert seen and all(seen)
+    log = open(os.path.join(summary["run_dir"], "log_train.txt")).read()
+    assert "[rnnlg.tv] 1 non-finite losses" in log
+
+
+def test_flat_and_separate_gradients_train_the_same_bits(tmp_path, data_dir, monkeypatch):
+    """The GPU's flat gradient buffer (masked on a skipped step) and CPU's separate gradients (read
+    as 0 by the optimizer) give bit-identical models, skipped NaN steps included."""
+    from l2kd.model import load_model_dir
+    from l2kd.strategies import LAMOL
+
+    class NaNAt(LAMOL):
+        def loss(self, ctx, model, batch, weight, **kw):
+            self.n = getattr(self, "n", 0) + 1
+            loss, parts = super().loss(ctx, model, batch, weight, **kw)
+            return (loss * float("nan") if self.n in (2, 5) else loss), parts
+
+    models = []
+    for flat in (False, True):
+        monkeypatch.setattr(task, "flat_gradients", lambda device, flat=flat: flat)
+        cfg = _cfg(tmp_path / str(flat), data_dir, n_train_epochs=2, max_train_examples=24, weight_decay=0.01)
+        summary = train_sequence(cfg, NaNAt())
+        log = open(os.path.join(summary["run_dir"], "log_train.txt")).read()
+        assert "non-finite losses" in log
+        models.append(load_model_dir(os.path.join(summary["run_dir"], "rnnlg.rest")))
+    a, b = (dict(m.named_parameters()) for m in models)
+    assert all(torch.equal(a[k], b[k]) for k in a)

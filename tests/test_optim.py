@@ -228,6 +228,13 @@ def test_keep_flag_is_bit_identical_or_leaves_everything(weight_decay: float, im
     before = [q.detach().clone() for q in b] + [ob.state[q][k].clone() for q in b for k in ("exp_avg", "exp_avg_sq")]
     for q in b:
         q.grad = torch.zeros_like(q)
+    ob.step(keep=torch.tensor(0.0), grads_finite=True)
+    after = [q.detach() for q in b] + [ob.state[q][k] for q in b for k in ("exp_avg", "exp_avg_sq")]
+    assert all(torch.equal(x, y) for x, y in zip(before, after))
+    # gradients a skipped step did not zero (NaN, inf) are read as 0: still nothing changes
+    for q in b:
+        q.grad = torch.full_like(q, float("nan"))
+    b[0].grad[0, 0] = float("inf")
     ob.step(keep=torch.tensor(0.0))
     after = [q.detach() for q in b] + [ob.state[q][k] for q in b for k in ("exp_avg", "exp_avg_sq")]
     assert all(torch.equal(x, y) for x, y in zip(before, after))

@@ -8,8 +8,8 @@ every part takes it alone. Each part is a function that fits on a screen.
 A step that does not log never reads the device (on a GPU every read waits for the queued
 work): the loss, its parts and the gradient norm stay tensors, the epoch's running loss and
 the count of non-finite steps accumulate on the device (:class:`DeviceStats`), and a
-non-finite step is skipped there (its gradients zeroed, the optimizer told to keep every
-value, as a grad scaler does). The host reads them at logging steps, checkpoints, epoch ends
+non-finite step (loss or gradient norm) is skipped there (the optimizer told to keep every
+value, as a grad scaler does; it reads the step's gradients as 0). The host reads them at logging steps, checkpoints, epoch ends
 and every :data:`HEALTH_STEPS` steps, which bounds how long a diverged run goes on.
 
 Epoch models and checkpoints are written by a background writer (:class:`StateWriter`): the
@@ -45,7 +45,7 @@ from l2kd.run_identity import IdentityMismatch, differences, mismatch_message
 from l2kd.runtime import bar_options
 from l2kd.scalars import ScalarLog
 from l2kd.schedule import LRSchedule
-from l2kd.strategies import Report, Shares, Strategy, TaskContext, TaskStart
+from l2kd.strategies import Report, Shares, Strategy, TaskContext, TaskStart, edits_gradients
 
 log = logging.getLogger("l2kd")
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before a run stops
@@ -155,10 +155,21 @@ class TaskRun:
             self.stats = DeviceStats(self.ctx.device)
         same = bool(self.params) and all(p.dtype == torch.float32 and p.device == self.params[0].device
                                          for p in self.params)
-        if same and self.precision.scaler is None:  # zeroed and sanitised as one tensor
+        if same and self.precision.scaler is None and flat_gradients(self.params[0].device):
             sizes = [p.numel() for p in self.params]
             self.grads = torch.zeros(sum(sizes), device=self.params[0].device)
             self.grad_views = [v.view_as(p) for v, p in zip(self.grads.split(sizes), self.params)]
+
+
+def flat_gradients(device: torch.device) -> bool:
+    """Whether the parameters' gradients are views of one flat buffer on ``device``.
+
+    On a GPU it makes zeroing and a skipped step's mask one launch each. On CPU it costs a
+    zeroing pass and turns backward's first gradient of each parameter into an add (24 of
+    475 ms a step on the tiny model), so there the gradients stay separate tensors and the
+    optimizer reads a skipped step's gradients as 0, slice by slice.
+    """
+    return device.type != "cpu"
 
 
 def file_report(run: TaskRun, report: Optional[Report]) -> None:
@@ -341,16 +352,24 @@ def step(run: TaskRun, idx: List[int]) -> Optional[Dict[str, object]]:
     dist.average_gradients(run.params)
     if scaler:
         scaler.unscale_(plan.optimizer)
-    if run.grads is not None:
-        run.grads.masked_fill_(~finite, 0.0)  # a skipped step's gradients: zero, not NaN
     gnorm = (torch.nn.utils.clip_grad_norm_(run.params, cfg.max_grad_norm)
              if cfg.max_grad_norm > 0 else torch.zeros((), device=ctx.device))
+    if scaler is None and cfg.max_grad_norm > 0:  # a finite loss with overflowing gradients is skipped too
+        finite = finite & torch.isfinite(gnorm)
+    zeroed = run.grads is not None
+    if zeroed:
+        run.grads.masked_fill_(~finite, 0.0)  # a skipped step's gradients: zero, not NaN
+    elif scaler is None and edits_gradients(strategy):  # its hook gets finite gradients (GEM raises on NaN)
+        zeroed = True
+        for p in run.params:
+            if p.grad is not None:
+                p.grad.masked_fill_(~finite, 0.0)
     strategy.after_backward(ctx, model)
     if scaler:
         scaler.step(plan.optimizer)
         scaler.update()
     else:
-        _optimizer_step(plan.optimizer, finite, run.grads is not None)
+        _optimizer_step(plan.optimizer, finite, zeroed)
     strategy.after_step(ctx, model, lr)
     plan.schedule.advance(len(idx))
     progress.step += 1
@@ -361,11 +380,11 @@ def step(run: TaskRun, idx: List[int]) -> Optional[Dict[str, object]]:
 
 def _optimizer_step(optimizer: torch.optim.Optimizer, finite: torch.Tensor, zeroed: bool) -> None:
     """The optimizer's step, skipped on the device when ``finite`` is false: OriginalAdamW keeps
-    every value (``keep``); torch's fused AdamW skips on its ``found_inf``; another optimizer
-    (or gradients that could not be zeroed) is asked on the host."""
-    if zeroed and isinstance(optimizer, OriginalAdamW):
-        optimizer.step(keep=finite.to(torch.float32))
-    elif zeroed and isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults.get("fused"):
+    every value (``keep``; it reads the gradients as 0 unless they were ``zeroed``); torch's
+    fused AdamW skips on its ``found_inf``; another optimizer is asked on the host."""
+    if isinstance(optimizer, OriginalAdamW):
+        optimizer.step(keep=finite.to(torch.float32), grads_finite=zeroed)
+    elif isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults.get("fused"):
         optimizer.found_inf = (~finite).to(torch.float32)
         try:
             optimizer.step()
@@ -381,8 +400,8 @@ def check_health(run: TaskRun) -> Dict[str, float]:
     vals = run.stats.read()
     name, step_ = run.ctx.name, run.progress.step
     if vals["skipped"]:
-        log.warning("[%s] %d non-finite losses after step %d (by step %d): those steps skipped (the longest run: "
-                    "%d in a row)", name, vals["skipped"], run.progress.checked, step_, vals["bad_max"])
+        log.warning("[%s] %d non-finite losses after step %d (by step %d): those steps skipped (a loss or a "
+                    "gradient norm not finite; the longest run: %d in a row)", name, vals["skipped"], run.progress.checked, step_, vals["bad_max"])
     run.progress.checked = step_
     if vals["bad_max"] >= MAX_BAD_STEPS:
         raise FloatingPointError(

@@ -9,7 +9,7 @@ import pkgutil
 
 from l2kd.config import TrainConfig, is_builtin, strategy_class, strategy_names
 from l2kd.strategies.base import (HOOKS, ONE_PROCESS, Report, Sequential, Shares, StepSetup, Strategy, TaskContext,
-                                  TaskStart, Wrapper)
+                                  TaskStart, Wrapper, edits_gradients)
 
 for _mod in pkgutil.iter_modules(__path__):  # each built-in strategy registers as its module runs
     importlib.import_module(f"{__name__}.{_mod.name}")
@@ -38,7 +38,7 @@ def make_strategy(cfg: TrainConfig) -> Strategy:
 
 __all__ = ["Strategy", "Sequential", "Wrapper", "HOOKS", "TaskContext", "TaskStart", "StepSetup", "Shares",
            "ONE_PROCESS", "Report", "LAMOL", "MultiLM", "WordKD", "SeqKD", "EWC", "MAS", "GEM", "make_strategy",
-           "load_custom_strategy"]
+           "load_custom_strategy", "edits_gradients"]
 
 
 def load_custom_strategy(spec: str) -> Strategy:

@@ -55,7 +55,7 @@ class StepSetup:
               traits: Optional[StrategyTraits] = None) -> "StepSetup":
         """The setup of a task whose model has ``n_rows`` embedding rows."""
         traits = traits or strategy_traits(cfg.seq_train_type)
-        return StepSetup(Losses(cfg.use_kernels), token_weights(n_rows, ids, cfg.tokens_weight, device),
+        return StepSetup(Losses(cfg.use_kernels, cfg.torch_compile), token_weights(n_rows, ids, cfg.tokens_weight, device),
                          budget_for_device(device, traits.memory_factor, cfg.cpu_batch_tokens))
 
 
@@ -222,3 +222,13 @@ def _forward(hook: str):
 
 for _hook in HOOKS:
     setattr(Wrapper, _hook, _forward(_hook))
+
+
+def edits_gradients(strategy: Strategy) -> bool:
+    """Whether ``strategy`` or a base it wraps has its own ``after_backward`` (it reads and edits
+    ``.grad``, so the loop hands it finite gradients on a step it skips)."""
+    while isinstance(strategy, Wrapper):
+        if type(strategy).after_backward is not Wrapper.after_backward:
+            return True
+        strategy = strategy.base
+    return type(strategy).after_backward is not Strategy.after_backward

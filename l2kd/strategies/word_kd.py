@@ -23,7 +23,7 @@ from transformers import PreTrainedModel
 from l2kd.data.qa_format import Batch, target_rows
 from l2kd.diagnostics import DIAGNOSTICS, diagnose_teacher
 from l2kd.distillation import ensure_teacher, load_teacher
-from l2kd.losses import Losses, hidden_states, select
+from l2kd.losses import Losses, select
 from l2kd.strategies.base import ONE_PROCESS, Report, Shares, Strategy, TaskContext, TaskStart, Wrapper, merge_reports
 
 
@@ -53,13 +53,13 @@ class WordKD(Wrapper):
         denominator (``shares``: KD, CE). The positions come from the host (``Batch.rows``), so
         their counts are known without a read: a part with no positions is left out (a batch of
         replayed rows only runs no teacher forward); an empty selection would give 0."""
-        h = hidden_states(model, inp)
+        h = losses.hidden(model, inp)
         head = model.get_output_embeddings()
         parts = []
         if kd_rows.numel():
             t_head = self.teacher.get_output_embeddings()
             with torch.no_grad():
-                th = select(hidden_states(self.teacher, inp.clamp(max=t_head.weight.shape[0] - 1)), kd_rows)
+                th = select(losses.hidden(self.teacher, inp.clamp(max=t_head.weight.shape[0] - 1)), kd_rows)
             parts.append(shares[0] * losses.kd(select(h, kd_rows), head, th, t_head, cfg.temperature_kd))
         if ce_rows.numel() or not parts:
             parts.append(shares[1] * losses.ce(select(h, ce_rows), head, select(tgt, ce_rows), weight))
