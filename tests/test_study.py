@@ -47,6 +47,20 @@ def test_method_configs(tmp_path):
     assert t1.teacher_root == t2.teacher_root and run_dir_of(t1) != run_dir_of(t2)
 
 
+def test_lm_lambda_reaches_every_run_and_keys_the_finished_cells(tmp_path):
+    args = _args(tmp_path)
+    assert args.lm_lambda == 0.25 and study.method_config("lll", "forward", 1, args).lm_lambda == 0.25
+    args = study.build_parser().parse_args(["--out", str(tmp_path), "--lm_lambda", "1"])
+    assert study.method_config("lll+word_kd", "forward", 1, args).lm_lambda == 1.0
+    old = dict(study.cell_key(_args(tmp_path)))
+    del old["lm_lambda"]  # recorded before the flag existed: the default
+    cell = {"order": "forward", "method": "lll", "seed": 1, "key": old}
+    with open(os.path.join(str(tmp_path), "study.json"), "w") as f:
+        json.dump({"cells": [cell]}, f)
+    assert ("forward", "lll", 1) in study.finished_cells(_args(tmp_path))
+    assert study.finished_cells(args) == {}  # another LM weight: run again
+
+
 def test_teacher_diagnostics_read_from_task_records(tmp_path):
     cfg = study.method_config("lll+word_kd", "forward", 1, _args(tmp_path))
     first = task_dir(run_dir_of(cfg), cfg.seq_train_type, cfg.tasks[0])

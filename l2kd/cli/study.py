@@ -63,7 +63,8 @@ BASE_PRESETS: Dict[str, Dict[str, object]] = {
 # the settings a finished run of study.json must share to be reused (else it is run again)
 CELL_KEYS = ("model_name", "tasks", "train", "test", "epochs", "batch", "lr", "pct", "gem_pct", "temperature_kd",
              "long_teacher_epochs", "teacher_epochs", "max_gen_len", "ewc_strong_reg_lambda",
-             "mas_strong_reg_lambda")
+             "mas_strong_reg_lambda", "lm_lambda")
+LM_LAMBDA = TrainConfig.__dataclass_fields__["lm_lambda"].default  # the original's 0.25
 
 # name -> (seq_train_type, config fields)
 METHODS: Dict[str, Tuple[str, Dict[str, object]]] = {
@@ -116,7 +117,7 @@ def method_config(method: str, order: str, seed: int, args: argparse.Namespace) 
         seq_train_type=seq_type, seed=seed, temperature_kd=temperature, learning_rate=args.lr,
         train_batch_size=args.batch, n_train_epochs=int(args.epochs), max_train_examples=args.train,
         max_test_examples=args.test, gen_lm_sample_percentage=pct, max_gen_len=args.max_gen_len,
-        qa_sampling=SamplingConfig(top_k=1), lm_sampling=SamplingConfig(top_k=20),
+        qa_sampling=SamplingConfig(top_k=1), lm_sampling=SamplingConfig(top_k=20), lm_lambda=args.lm_lambda,
         logging_steps=10**9, quiet=args.quiet, device="cpu", **extra,
     )
 
@@ -205,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--pct", type=float, default=0.2, help="--gen_lm_sample_percentage of the LAMOL runs")
+    p.add_argument("--lm_lambda", type=float, default=LM_LAMBDA,
+                   help=f"weight of the LM loss in every run and probe (default {LM_LAMBDA:g}, the original's)")
     p.add_argument("--gem_pct", type=float, default=0.05, help="GEM's memory per past task (fraction of its data)")
     p.add_argument("--temperature_kd", type=float, default=2.0)
     p.add_argument("--max_gen_len", type=int, default=96, help="length cap of pseudo-samples and answers (tokens)")
@@ -300,7 +303,8 @@ def finished_cells(args: argparse.Namespace) -> Dict[Tuple[str, str, int], Dict[
     except (OSError, ValueError):
         return {}
     key = json.loads(json.dumps(cell_key(args)))
-    return {(c["order"], c["method"], c["seed"]): c for c in old.get("cells", []) if c.get("key") == key}
+    recorded = lambda c: {"lm_lambda": LM_LAMBDA, **c.get("key", {})}  # noqa: E731  (older records: the default)
+    return {(c["order"], c["method"], c["seed"]): c for c in old.get("cells", []) if recorded(c) == key}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

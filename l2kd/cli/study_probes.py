@@ -47,7 +47,8 @@ def _base_cfg(args: argparse.Namespace, tasks: Sequence[str], seq_type: str, roo
         seq_train_type=seq_type, seed=seed, learning_rate=args.lr, train_batch_size=args.batch,
         n_train_epochs=epochs, max_train_examples=args.train, max_test_examples=args.test,
         gen_lm_sample_percentage=args.pct, max_gen_len=args.max_gen_len, qa_sampling=SamplingConfig(top_k=1),
-        lm_sampling=SamplingConfig(top_k=20), logging_steps=10**9, quiet=args.quiet, device="cpu")
+        lm_sampling=SamplingConfig(top_k=20), lm_lambda=args.lm_lambda, logging_steps=10**9, quiet=args.quiet,
+        device="cpu")
 
 
 def _load(path: str, key: str) -> Dict[str, dict]:
@@ -170,7 +171,7 @@ def parse_rate_probe(args: argparse.Namespace, task: str, epochs: int, n_samples
             print(f"  epoch {ep} ({done[str(ep)]['steps']} steps): {len(parsed)} of {len(seqs)} parsed", flush=True)
             atomic_write_json(path, {"model_name": args.model_name, "task": task, "epochs": epochs,
                                      "train": args.train, "lr": args.lr, "batch": args.batch, "pct": args.pct,
-                                     "seconds": time.time() - t0, "results": list(done.values())})
+                                     "lm_lambda": args.lm_lambda, "seconds": time.time() - t0, "results": list(done.values())})
         if args.prune_models:
             prune_run(run_dir_of(cfg))
     with open(path) as f:
@@ -181,7 +182,8 @@ def parse_rate_probe(args: argparse.Namespace, task: str, epochs: int, n_samples
 
 def parse_markdown(probe: dict) -> str:
     lines = [f"LAMOL on {probe['task']} alone from {probe['model_name']} ({probe['train']} examples, lr "
-             f"{probe['lr']:g}, batch {probe['batch']}; the schedule spans {probe['epochs']} epochs), pseudo-samples "
+             f"{probe['lr']:g}, batch {probe['batch']}, LM loss weight {probe.get('lm_lambda', 0.25):g}; the schedule "
+             f"spans {probe['epochs']} epochs), pseudo-samples "
              "from the model after each epoch:", "", "| epoch | steps | parsed | rate |", "|---|---|---|---|"]
     for r in sorted(probe["results"], key=lambda r: int(r["epoch"])):
         lines.append(f"| {r['epoch']} | {r['steps']} | {r['parsed']} / {r['generated']} | {100 * r['parse_rate']:.0f}% |")
