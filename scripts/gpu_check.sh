@@ -4,12 +4,16 @@
 # benchmark on the GPU with its peers, and pack the logs and JSON into one archive with a
 # one-screen summary. Meant to finish in at most 6 minutes on one H200, build included.
 #
-#   bash scripts/gpu_check.sh [--out DIR] [--wheels DIR] [--dry-run]
+#   bash scripts/gpu_check.sh [--out DIR] [--wheels DIR] [--speed] [--dry-run]
 #
 #   --out DIR     results folder (default gpu_results/<date-time>); the archive is DIR.tar.gz and
 #                 the summary DIR/gpu_check_summary.txt (also printed at the end)
 #   --wheels DIR  install missing Python packages from this folder only (no network): made
 #                 beforehand by scripts/fetch_gpu_wheels.sh for the GPU machine's Python
+#   --speed       instead of the op tests and benchmarks, the end-to-end speed rows: benchmarks/e2e.py
+#                 on GPT-2-small size (random init) for lll, fp32 and mixed precision, with its step
+#                 split, host reads per step and start-up, then again with --torch-compile
+#                 reduce-overhead (CUDA graphs)
 #   --dry-run     every step on CPU at toy sizes: no GPU, no nvidia-smi, no install (missing
 #                 packages are listed), no compile (setup.py is evaluated, the extension that is
 #                 there is self-checked); the test suite runs this mode
@@ -23,13 +27,14 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-OUT_DIR="" WHEELS="" DRY=0
+OUT_DIR="" WHEELS="" DRY=0 SPEED=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUT_DIR="$2"; shift 2 ;;
     --wheels) WHEELS="$2"; shift 2 ;;
     --dry-run) DRY=1; shift ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    --speed) SPEED=1; shift ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "[gpu_check] unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -211,6 +216,20 @@ print("backend", l2kd.ops.backend() + ";", key, "kernels missing:", ", ".join(mi
 sys.exit(1 if missing else 0)
 '
 part registered 60 "$PY" -c "$REGISTERED" "$DEV"
+if [ "$SPEED" = 1 ]; then
+  # ---- end-to-end speed (benchmarks/e2e.py; JSON to $RESULTS/json) ------------------------------
+  if [ "$DRY" = 1 ]; then
+    E2E=(--device cpu --quick --train 8 --test 2 --strategies lll --kernels on --no-contention
+         --dispatch-steps 2 --startup-reps 1 --step-reps 1)
+  else
+    E2E=(--device cuda --model gpt2-small-random --quick --strategies lll --kernels on --no-contention
+         --dispatch-steps 8 --startup-reps 2)
+  fi
+  part e2e 150 "$PY" benchmarks/e2e.py "${E2E[@]}" --out "$RESULTS/json"
+  part e2e_compiled 150 --optional "$PY" benchmarks/e2e.py "${E2E[@]}" --precision default --dispatch-steps 0 \
+    --startup-reps 0 --torch-compile reduce-overhead --out "$RESULTS/json"
+  finish
+fi
 TESTS=(tests/ops tests/test_selfcheck.py tests/test_perf_table.py)
 # dry run: the error-path and self-check tests only (the rest is the ordinary CPU suite's)
 [ "$DRY" = 1 ] && TESTS=(tests/ops tests/test_selfcheck.py -k "bad_inputs or checks or crash")

@@ -2,6 +2,7 @@
 breaks the GPU check (a benchmark's flags, the build, the summary) fails here, not on the GPU."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -46,3 +47,23 @@ def test_unknown_argument_is_refused():
     proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_check.sh"), "--bogus"], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and "unknown argument: --bogus" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not has_compiled("gem_project"), reason="l2kd._C is not built (the dry run self-checks it)")
+def test_speed_dry_run_writes_the_e2e_rows_eager_and_compiled(tmp_path):
+    out = tmp_path / "speed"
+    env = {**os.environ, "PYTHON": sys.executable, "PATH": os.environ.get("PATH", "")}
+    env.pop("L2KD_BENCH_RESULTS", None)
+    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_check.sh"), "--dry-run", "--speed", "--out",
+                           str(out)], capture_output=True, text=True, env=env, timeout=900)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    with tarfile.open(tmp_path / "speed.tar.gz") as tar:
+        names = tar.getnames()
+    assert "speed/e2e.log" in names and "speed/e2e_compiled.log" in names
+    assert "speed/tests.log" not in names  # --speed replaces the op tests and benchmarks
+    rows = [n for n in names if n.startswith("speed/json/e2e-cpu-") and n.endswith(".json")]
+    assert len(rows) == 2, names
+    modes = sorted(json.load(open(out / "json" / os.path.basename(n)))["config"]["torch_compile"] for n in rows)
+    assert modes == ["off", "reduce-overhead"]
