@@ -60,6 +60,9 @@ class Losses:
            class_weight: torch.Tensor) -> torch.Tensor:
         """Class-weighted mean cross-entropy of ``head(h)`` (rows ``[N, H]``) against ``target [N]``."""
         if getattr(head, "bias", None) is None:
+            low = head_dtype(h)
+            if low is not None:
+                return linear_cross_entropy(h.to(low), head.weight.to(low), target, class_weight)
             return linear_cross_entropy(h, head.weight, target, class_weight)
         return weighted_ce(head(h), target, class_weight)
 
@@ -69,13 +72,27 @@ class Losses:
         (rows ``[N, H]``; no gradient to the teacher)."""
         biased = getattr(head, "bias", None) is not None or getattr(teacher_head, "bias", None) is not None
         if self.use_kernels and not biased:  # no [N, V] student or teacher logits
-            return linear_kd_loss(h.to(head.weight.dtype), head.weight, h_teacher.to(teacher_head.weight.dtype),
-                                  teacher_head.weight, temperature)
+            low = head_dtype(h)
+            ws, wt = (head.weight, teacher_head.weight) if low is None else (head.weight.to(low),
+                                                                           teacher_head.weight.to(low))
+            return linear_kd_loss(h.to(ws.dtype), ws, h_teacher.to(wt.dtype), wt, temperature)
         s_logits = head(h)
         with torch.no_grad():
             t_logits = teacher_head(h_teacher)
         kd = kd_loss if self.use_kernels else kd_loss_ref
         return kd(s_logits, t_logits.to(s_logits.dtype), None, temperature)
+
+
+def head_dtype(h: torch.Tensor) -> Optional[torch.dtype]:
+    """bf16 when bf16 autocast is on for ``h``'s device, else None (fp32 heads).
+
+    Autocast does not reach the fused heads (their GEMMs write into reused buffers), so they
+    take the autocast dtype from here: the LM head's GEMMs are the largest of a step. fp16
+    autocast keeps fp32 heads, since a block's weight gradient can overflow fp16."""
+    kind = h.device.type
+    if torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.bfloat16:
+        return torch.bfloat16
+    return None
 
 
 def token_weights(vocab_size: int, ids: SpecialIds, tokens_weight: float, device: torch.device) -> torch.Tensor:
