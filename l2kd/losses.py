@@ -61,8 +61,9 @@ class Losses:
         """Class-weighted mean cross-entropy of ``head(h)`` (rows ``[N, H]``) against ``target [N]``."""
         if getattr(head, "bias", None) is None:
             low = head_dtype(h)
-            if low is not None:
-                return linear_cross_entropy(h.to(low), head.weight.to(low), target, class_weight)
+            if low is not None:  # each block adds a [V, H] product: fewer, larger blocks on a GPU
+                return linear_cross_entropy(h.to(low), head.weight.to(low), target, class_weight,
+                                            chunk=2048 if h.is_cuda else 256)
             return linear_cross_entropy(h, head.weight, target, class_weight)
         return weighted_ce(head(h), target, class_weight)
 
