@@ -40,11 +40,13 @@ def pack_by_budget(indices: List[int], lengths: List[int], budget: float, max_co
 
 
 def budget_for_device(device, memory_factor: float, cpu_tokens: int) -> float:
-    """Batch budget in the original's units: free GPU memory MiB * ``memory_factor`` (the
-    strategy's trait, the original's per-strategy share); on CPU a token budget."""
+    """Batch budget in the original's units: the GPU's total memory in MiB * ``memory_factor``
+    (the strategy's trait, the original's per-strategy share of GPUtil's ``memoryTotal``); on
+    CPU a token budget. Total, not free, memory: the plan (and so the result) must not depend
+    on what else holds memory on the GPU when the task starts."""
     import torch
 
     if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return free / 2**20 * memory_factor
+        _free, total = torch.cuda.mem_get_info(device)
+        return total / 2**20 * memory_factor
     return cpu_tokens * 40 ** (LENGTH_EXPONENT - 1)  # about cpu_tokens tokens of length-40 examples

@@ -46,7 +46,7 @@ class StrategyTraits:
 
     ``joint``: one stage of every task, written into the run folder itself (multitask, multilm).
     ``replays``: it uses ``--gen_lm_sample_percentage`` (pseudo-samples, memories).
-    ``memory_factor``: its share of free GPU memory for dynamic batches (the original's).
+    ``memory_factor``: its share of total GPU memory for dynamic batches (the original's).
     ``pct_in_folder``: the run folder's name holds the replay percentage (the original's lll).
     ``accepts``: the optional flags it works with, among :data:`OPTIONAL_FLAGS`.
     ``refusals``: (flag, why) for an optional flag it refuses with a reason of its own.

@@ -43,12 +43,13 @@ log = logging.getLogger("l2kd")
 
 
 def test_batch_size(device: torch.device, requested: int) -> int:
-    """``--test_batch_size`` 0 picks a size that fits: by free memory on GPU, 64 on CPU."""
+    """``--test_batch_size`` 0 picks a size that fits: by the GPU's total memory (not its free
+    memory, so the batches do not depend on other processes), 64 on CPU."""
     if requested > 0:
         return requested
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(max(8, min(256, free // (64 * 2**20))))
+        _free, total = torch.cuda.mem_get_info(device)
+        return int(max(8, min(256, total // (64 * 2**20))))
     return 64
 
 

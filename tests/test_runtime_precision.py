@@ -86,3 +86,18 @@ def test_cuda_init_starts_only_for_a_gpu_run(monkeypatch):
 
     monkeypatch.setattr(runtime.torch.cuda, "init", broken)
     runtime.begin_cuda_init(["--device", "cuda"]).join()  # the error waits for the run's own use of the device
+
+
+def test_gpu_batch_sizes_follow_total_not_free_memory(monkeypatch):
+    """As the original (GPUtil's memoryTotal): another process's memory on the GPU must not change
+    the batch plan or the test batch size."""
+    from l2kd.batching import budget_for_device
+    from l2kd.evaluate import test_batch_size
+
+    gpu = torch.device("cuda", 0)
+    budgets, sizes = set(), set()
+    for free in (1 * 2**30, 9 * 2**30):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None, free=free: (free, 16 * 2**30))
+        budgets.add(budget_for_device(gpu, 0.35, 0))
+        sizes.add(test_batch_size(gpu, 0))
+    assert budgets == {16 * 1024 * 0.35} and sizes == {256}
