@@ -70,14 +70,14 @@ def word_level_tokenizer():
 
 
 def save_tiny_model(folder: str, family: str, tokenizer=None, dtype: torch.dtype = torch.float32,
-                    tied: bool = True, positions: int = 256, pad_vocab: int = 0) -> str:
+                    tied: bool = True, positions: int = 256, pad_vocab: int = 0, hidden: int = 32) -> str:
     """Save a 2-layer random ``family`` ("llama" or "qwen2") model with ``tokenizer`` (default
     :func:`byte_level_tokenizer`) into ``folder``, weights in ``dtype``; returns the folder.
     ``pad_vocab`` extra embedding rows beyond the tokenizer, as Qwen2 checkpoints have."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     tok = tokenizer if tokenizer is not None else byte_level_tokenizer()
-    common = dict(vocab_size=len(tok) + pad_vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    common = dict(vocab_size=len(tok) + pad_vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=positions,
                   tie_word_embeddings=tied, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     torch.manual_seed(0)
