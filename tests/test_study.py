@@ -131,6 +131,25 @@ def test_base_preset_gives_defaults_that_flags_override(tmp_path):
     assert args.model_name == "smollm2-135m" and args.lr == 5e-4 and args.train == preset["train"]
     assert args.methods == preset["methods"] and args.prune_models and args.orders == ["forward"]
     assert study.parse_args(["--out", str(tmp_path)]).model_name == study.PRETRAINED
+    assert args.lm_lambda == 1.0 and study.parse_args(["--out", str(tmp_path)]).lm_lambda == 0.25
+
+
+def test_auto_epochs_and_the_parse_probe_refuse_a_probe_of_another_lm_weight(tmp_path):
+    """A parse-rate probe measured at one LM weight says nothing about another: --epochs auto and
+    a resumed probe refuse it instead of reusing it."""
+    old = {"model_name": "m", "task": "rnnlg.rest", "train": 8, "lr": 1e-3, "batch": 8,  # no lm_lambda: 0.25
+           "results": [{"epoch": "1", "parse_rate": 0.9, "steps": 1, "generated": 1, "parsed": 1}]}
+    with open(os.path.join(str(tmp_path), study_probes.PARSE_FILE), "w") as f:
+        json.dump(old, f)
+    args = study.parse_args(["--out", str(tmp_path), "--epochs", "auto", "--lm_lambda", "1"])
+    with pytest.raises(SystemExit, match="measured with --lm_lambda 0.25"):
+        study.resolve_tasks_and_epochs(args)
+    args = study.parse_args(["--out", str(tmp_path), "--epochs", "auto"])
+    study.resolve_tasks_and_epochs(args)
+    assert args.epochs == 1
+    args = study.parse_args(["--out", str(tmp_path), "--model_name", "m", "--train", "8", "--lm_lambda", "1"])
+    with pytest.raises(SystemExit, match="other settings \\(lm_lambda\\)"):
+        study_probes.parse_rate_probe(args, "rnnlg.rest", 1, 1)
 
 
 def test_teacher_epochs_give_the_teachers_a_folder_of_their_own(tmp_path):

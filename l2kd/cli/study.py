@@ -50,9 +50,11 @@ PRETRAINED = "pretrained"  # --model_name value naming l2kd's pretrained tiny ba
 # --base NAME: the --model_name and the defaults sized for that base (any flag given overrides).
 # SmolLM2-135M: lr 2e-4 learns the RNNLG format in ~40 steps where 1e-4 did not in 15; an
 # example is ~40 of its tokens, so 60 generated tokens hold a pseudo-sample; a step is ~3 s on
-# 2 cores, hence fewer examples, one order, and the model files of finished runs deleted.
+# 2 cores, hence fewer examples, one order, and the model files of finished runs deleted. LM loss
+# weight 1.0: with the original's 0.25, 1 of 32 pseudo-samples parsed after 120 steps (the
+# Instruct model keeps writing its own prose after __gen__); with 1.0, 19 of 32 (docs/study.md).
 BASE_PRESETS: Dict[str, Dict[str, object]] = {
-    "smollm2-135m": dict(model_name="smollm2-135m", lr=2e-4, train=160, test=30, epochs=2, batch=8,
+    "smollm2-135m": dict(model_name="smollm2-135m", lr=2e-4, train=160, test=30, epochs=2, batch=8, lm_lambda=1.0,
                          max_gen_len=60, orders=["forward"], teacher_epochs="2x", prune_models=True,
                          methods=["finetune", "multitask", "lll", "lll+word_kd", "lll+word_kd@T1",
                                   "lll+seq_kd_soft"],
@@ -64,7 +66,7 @@ BASE_PRESETS: Dict[str, Dict[str, object]] = {
 CELL_KEYS = ("model_name", "tasks", "train", "test", "epochs", "batch", "lr", "pct", "gem_pct", "temperature_kd",
              "long_teacher_epochs", "teacher_epochs", "max_gen_len", "ewc_strong_reg_lambda",
              "mas_strong_reg_lambda", "lm_lambda")
-LM_LAMBDA = TrainConfig.__dataclass_fields__["lm_lambda"].default  # the original's 0.25
+LM_LAMBDA = probes.LM_LAMBDA
 
 # name -> (seq_train_type, config fields)
 METHODS: Dict[str, Tuple[str, Dict[str, object]]] = {
@@ -263,6 +265,11 @@ def resolve_tasks_and_epochs(args: argparse.Namespace) -> None:
             raise SystemExit(f"--epochs auto: {path} missing; run the study with --probe parse_rate first")
         with open(path) as f:
             probe = json.load(f)
+        probed = probe.get("lm_lambda", LM_LAMBDA)
+        if probed != args.lm_lambda:
+            raise SystemExit(f"--epochs auto: {path} was measured with --lm_lambda {probed:g}, this study uses "
+                             f"{args.lm_lambda:g}; run the parse-rate probe with --lm_lambda {args.lm_lambda:g} "
+                             "(in another --out, or after moving that file away)")
         n = probes.epochs_for_parse_rate(probe)
         if n is None:
             n = max(int(r["epoch"]) for r in probe["results"])

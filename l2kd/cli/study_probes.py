@@ -38,6 +38,7 @@ from l2kd.tokenizer import add_special_tokens, load_base_tokenizer
 FORGETTING_FILE = "forgetting_probe.json"
 PARSE_FILE = "parse_rate_probe.json"
 PARSE_TARGET = 0.5  # the share of pseudo-samples that must parse for replay to act
+LM_LAMBDA = TrainConfig.__dataclass_fields__["lm_lambda"].default  # the original's 0.25
 
 
 def _base_cfg(args: argparse.Namespace, tasks: Sequence[str], seq_type: str, root: str, epochs: int,
@@ -142,6 +143,16 @@ def parse_rate_probe(args: argparse.Namespace, task: str, epochs: int, n_samples
     share that parse per epoch (and per optimizer step count) in ``<out>/parse_rate_probe.json``."""
     path = os.path.join(args.out, PARSE_FILE)
     done = _load(path, "epoch")
+    if done:
+        with open(path) as f:
+            recorded = json.load(f)
+        settings = {"model_name": args.model_name, "task": task, "train": args.train, "lr": args.lr,
+                    "batch": args.batch, "lm_lambda": args.lm_lambda}
+        defaults = {"lm_lambda": LM_LAMBDA}  # recorded before the flag existed
+        differ = [k for k, v in settings.items() if recorded.get(k, defaults.get(k)) != v]
+        if differ:
+            raise SystemExit(f"--probe parse_rate: {path} holds a probe with other settings ({', '.join(differ)}); "
+                             "use another --out, or move that file away")
     cfg = _base_cfg(args, (task,), "lll", os.path.join(args.out, "probe_parse"), epochs, args.probe_seed)
     tdir = task_dir(run_dir_of(cfg), "lll", task)
     if any(str(e) not in done for e in range(1, epochs + 1)):
@@ -182,7 +193,7 @@ def parse_rate_probe(args: argparse.Namespace, task: str, epochs: int, n_samples
 
 def parse_markdown(probe: dict) -> str:
     lines = [f"LAMOL on {probe['task']} alone from {probe['model_name']} ({probe['train']} examples, lr "
-             f"{probe['lr']:g}, batch {probe['batch']}, LM loss weight {probe.get('lm_lambda', 0.25):g}; the schedule "
+             f"{probe['lr']:g}, batch {probe['batch']}, LM loss weight {probe.get('lm_lambda', LM_LAMBDA):g}; the schedule "
              f"spans {probe['epochs']} epochs), pseudo-samples "
              "from the model after each epoch:", "", "| epoch | steps | parsed | rate |", "|---|---|---|---|"]
     for r in sorted(probe["results"], key=lambda r: int(r["epoch"])):
