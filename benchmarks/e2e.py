@@ -532,7 +532,8 @@ def _run_all(args, cuda: bool, precisions, strategies, kernels) -> int:
                          {"quick": args.quick, "tasks": args.tasks, "train": args.train, "test": args.test,
                           "epochs": args.epochs, "strategies": strategies, "threads": torch.get_num_threads(),
                           "thread_policy": THREADS, "load_start": os.getloadavg(), "device": args.device,
-                          "model": args.model or "demo default", "precisions": ["fp32" if f else "default" for f in precisions],
+                          "model": args.model or "demo default",
+                          "precisions": ["fp32" if f else "default" for f in precisions],
                           "torch_compile": args.torch_compile},
                          args.out)
     print(f"wrote {path}")

@@ -182,7 +182,8 @@ def parse_rate_probe(args: argparse.Namespace, task: str, epochs: int, n_samples
             print(f"  epoch {ep} ({done[str(ep)]['steps']} steps): {len(parsed)} of {len(seqs)} parsed", flush=True)
             atomic_write_json(path, {"model_name": args.model_name, "task": task, "epochs": epochs,
                                      "train": args.train, "lr": args.lr, "batch": args.batch, "pct": args.pct,
-                                     "lm_lambda": args.lm_lambda, "seconds": time.time() - t0, "results": list(done.values())})
+                                     "lm_lambda": args.lm_lambda, "seconds": time.time() - t0,
+                                     "results": list(done.values())})
         if args.prune_models:
             prune_run(run_dir_of(cfg))
     with open(path) as f:
@@ -193,8 +194,8 @@ def parse_rate_probe(args: argparse.Namespace, task: str, epochs: int, n_samples
 
 def parse_markdown(probe: dict) -> str:
     lines = [f"LAMOL on {probe['task']} alone from {probe['model_name']} ({probe['train']} examples, lr "
-             f"{probe['lr']:g}, batch {probe['batch']}, LM loss weight {probe.get('lm_lambda', LM_LAMBDA):g}; the schedule "
-             f"spans {probe['epochs']} epochs), pseudo-samples "
+             f"{probe['lr']:g}, batch {probe['batch']}, LM loss weight {probe.get('lm_lambda', LM_LAMBDA):g}; "
+             f"the schedule spans {probe['epochs']} epochs), pseudo-samples "
              "from the model after each epoch:", "", "| epoch | steps | parsed | rate |", "|---|---|---|---|"]
     for r in sorted(probe["results"], key=lambda r: int(r["epoch"])):
         lines.append(f"| {r['epoch']} | {r['steps']} | {r['parsed']} / {r['generated']} | {100 * r['parse_rate']:.0f}% |")

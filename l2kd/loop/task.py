@@ -7,10 +7,11 @@ every part takes it alone. Each part is a function that fits on a screen.
 
 A step that does not log never reads the device (on a GPU every read waits for the queued
 work): the loss, its parts and the gradient norm stay tensors, the epoch's running loss and
-the count of non-finite steps accumulate on the device (:class:`DeviceStats`), and a
-non-finite step (loss or gradient norm) is skipped there (the optimizer told to keep every
-value, as a grad scaler does; it reads the step's gradients as 0). The host reads them at logging steps, checkpoints, epoch ends
-and every :data:`HEALTH_STEPS` steps, which bounds how long a diverged run goes on.
+the count of non-finite steps accumulate on the device (:class:`DeviceStats`), and a step whose
+loss or gradient norm is not finite is skipped there (the optimizer is told to keep every
+value, as a grad scaler does, and reads the step's gradients as 0). The host reads them at
+logging steps, checkpoints, epoch ends and every :data:`HEALTH_STEPS` steps, which bounds how
+long a diverged run goes on.
 
 Epoch models and checkpoints are written by a background writer (:class:`StateWriter`): the
 state is copied to the host at once and written while training goes on. The task's end (and an
@@ -401,7 +402,8 @@ def check_health(run: TaskRun) -> Dict[str, float]:
     name, step_ = run.ctx.name, run.progress.step
     if vals["skipped"]:
         log.warning("[%s] %d non-finite losses after step %d (by step %d): those steps skipped (a loss or a "
-                    "gradient norm not finite; the longest run: %d in a row)", name, vals["skipped"], run.progress.checked, step_, vals["bad_max"])
+                    "gradient norm not finite; the longest run: %d in a row)",
+                    name, vals["skipped"], run.progress.checked, step_, vals["bad_max"])
     run.progress.checked = step_
     if vals["bad_max"] >= MAX_BAD_STEPS:
         raise FloatingPointError(
