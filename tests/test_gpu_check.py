@@ -16,16 +16,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARKS = ("kd_loss", "top_k_sample", "gem_project", "gem_step", "kd_throughput")
 
 
+def _dry_run(out, *flags: str, timeout: int = 600) -> None:
+    """``gpu_check.sh --dry-run FLAGS --out OUT`` with this interpreter; asserts it passed."""
+    env = {**os.environ, "PYTHON": sys.executable, "PATH": os.environ.get("PATH", "")}
+    env.pop("L2KD_BENCH_RESULTS", None)
+    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_check.sh"), "--dry-run", *flags, "--out",
+                           str(out)], capture_output=True, text=True, env=env, timeout=timeout)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not has_compiled("gem_project"), reason="l2kd._C is not built (the dry run self-checks it)")
 def test_dry_run_runs_every_step_and_writes_one_archive(tmp_path):
     out = tmp_path / "check"
-    env = {**os.environ, "PYTHON": sys.executable, "PATH": os.environ.get("PATH", "")}
-    env.pop("L2KD_BENCH_RESULTS", None)
-    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_check.sh"), "--dry-run", "--out", str(out)],
-                          capture_output=True, text=True, env=env, timeout=600)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
+    _dry_run(out)
     archive = tmp_path / "check.tar.gz"
     assert archive.exists()
     with tarfile.open(archive) as tar:
@@ -53,12 +58,7 @@ def test_unknown_argument_is_refused():
 @pytest.mark.skipif(not has_compiled("gem_project"), reason="l2kd._C is not built (the dry run self-checks it)")
 def test_speed_dry_run_writes_the_e2e_rows_eager_and_compiled(tmp_path):
     out = tmp_path / "speed"
-    env = {**os.environ, "PYTHON": sys.executable, "PATH": os.environ.get("PATH", "")}
-    env.pop("L2KD_BENCH_RESULTS", None)
-    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_check.sh"), "--dry-run", "--speed", "--out",
-                           str(out)], capture_output=True, text=True, env=env, timeout=900)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
+    _dry_run(out, "--speed", timeout=900)
     with tarfile.open(tmp_path / "speed.tar.gz") as tar:
         names = tar.getnames()
     assert "speed/e2e.log" in names and "speed/e2e_compiled.log" in names
