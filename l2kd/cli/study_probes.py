@@ -49,7 +49,7 @@ def _base_cfg(args: argparse.Namespace, tasks: Sequence[str], seq_type: str, roo
         n_train_epochs=epochs, max_train_examples=args.train, max_test_examples=args.test,
         gen_lm_sample_percentage=args.pct, max_gen_len=args.max_gen_len, qa_sampling=SamplingConfig(top_k=1),
         lm_sampling=SamplingConfig(top_k=20), lm_lambda=args.lm_lambda, logging_steps=10**9, quiet=args.quiet,
-        device="cpu")
+        device=args.device, bf16_cpu=args.bf16_cpu)
 
 
 def _load(path: str, key: str) -> Dict[str, dict]:
@@ -147,8 +147,8 @@ def parse_rate_probe(args: argparse.Namespace, task: str, epochs: int, n_samples
         with open(path) as f:
             recorded = json.load(f)
         settings = {"model_name": args.model_name, "task": task, "train": args.train, "lr": args.lr,
-                    "batch": args.batch, "lm_lambda": args.lm_lambda}
-        defaults = {"lm_lambda": LM_LAMBDA}  # recorded before the flag existed
+                    "batch": args.batch, "lm_lambda": args.lm_lambda, "bf16_cpu": args.bf16_cpu}
+        defaults = {"lm_lambda": LM_LAMBDA, "bf16_cpu": False}  # recorded before their flags existed
         differ = [k for k, v in settings.items() if recorded.get(k, defaults.get(k)) != v]
         if differ:
             raise SystemExit(f"--probe parse_rate: {path} holds a probe with other settings ({', '.join(differ)}); "
@@ -182,7 +182,8 @@ def parse_rate_probe(args: argparse.Namespace, task: str, epochs: int, n_samples
             print(f"  epoch {ep} ({done[str(ep)]['steps']} steps): {len(parsed)} of {len(seqs)} parsed", flush=True)
             atomic_write_json(path, {"model_name": args.model_name, "task": task, "epochs": epochs,
                                      "train": args.train, "lr": args.lr, "batch": args.batch, "pct": args.pct,
-                                     "lm_lambda": args.lm_lambda, "seconds": time.time() - t0,
+                                     "lm_lambda": args.lm_lambda, "bf16_cpu": args.bf16_cpu,
+                                     "seconds": time.time() - t0,
                                      "results": list(done.values())})
         if args.prune_models:
             prune_run(run_dir_of(cfg))
