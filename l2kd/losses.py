@@ -60,11 +60,10 @@ class Losses:
            class_weight: torch.Tensor) -> torch.Tensor:
         """Class-weighted mean cross-entropy of ``head(h)`` (rows ``[N, H]``) against ``target [N]``."""
         if getattr(head, "bias", None) is None:
-            low = head_dtype(h)
+            low, w, chunk = head_dtype(h), head.weight, 256
             if low is not None:  # each block adds a [V, H] product: fewer, larger blocks on a GPU
-                return linear_cross_entropy(h.to(low), head.weight.to(low), target, class_weight,
-                                            chunk=2048 if h.is_cuda else 256)
-            return linear_cross_entropy(h, head.weight, target, class_weight)
+                h, w, chunk = h.to(low), w.to(low), 2048 if h.is_cuda else 256
+            return linear_cross_entropy(h, w, target, class_weight, chunk=chunk)
         return weighted_ce(head(h), target, class_weight)
 
     def kd(self, h: torch.Tensor, head: torch.nn.Module, h_teacher: torch.Tensor, teacher_head: torch.nn.Module,

@@ -54,6 +54,7 @@ class OriginalAdamW(torch.optim.Optimizer):
             raise ValueError(f"invalid weight_decay {weight_decay} (must be >= 0)")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       correct_bias=correct_bias))
+        self._slice_buffers: Optional[torch.Tensor] = None  # CPU scratch, see _scratch
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], torch.Tensor]] = None,
@@ -100,7 +101,7 @@ class OriginalAdamW(torch.optim.Optimizer):
     def _scratch(self, n: int, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
         """Two reused slice buffers (the denominator's and the masked gradient's): a fresh 4 MB
         buffer every step would be fresh pages, faulted in on every step (about 1 ms each)."""
-        have = getattr(self, "_slice_buffers", None)
+        have = self._slice_buffers
         if have is None or have.dtype != dtype or have.shape[1] < n:
             have = self._slice_buffers = torch.empty(2, n, dtype=dtype)
         return have[0, :n], have[1, :n]

@@ -150,8 +150,10 @@ class TaskRun:
     grads: Optional[torch.Tensor] = None  # one flat buffer the parameters' .grad are views of
     grad_views: List[torch.Tensor] = field(default_factory=list)
     writer: StateWriter = field(default_factory=StateWriter)  # model-<epoch> and checkpoint.pt
+    hook_reads_grads: bool = field(init=False, default=False)  # from the strategy: its after_backward reads .grad
 
     def __post_init__(self) -> None:
+        self.hook_reads_grads = edits_gradients(self.strategy)
         if self.stats is None:
             self.stats = DeviceStats(self.ctx.device)
         same = bool(self.params) and all(p.dtype == torch.float32 and p.device == self.params[0].device
@@ -360,7 +362,7 @@ def step(run: TaskRun, idx: List[int]) -> Optional[Dict[str, object]]:
     zeroed = run.grads is not None
     if zeroed:
         run.grads.masked_fill_(~finite, 0.0)  # a skipped step's gradients: zero, not NaN
-    elif scaler is None and edits_gradients(strategy):  # its hook gets finite gradients (GEM raises on NaN)
+    elif scaler is None and run.hook_reads_grads:  # its hook gets finite gradients (GEM raises on NaN)
         zeroed = True
         for p in run.params:
             if p.grad is not None:
