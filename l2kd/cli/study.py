@@ -272,7 +272,7 @@ def resolve_tasks_and_epochs(args: argparse.Namespace) -> None:
             raise SystemExit(f"--epochs auto: {path} missing; run the study with --probe parse_rate first")
         with open(path) as f:
             probe = json.load(f)
-        for key, default in (("lm_lambda", LM_LAMBDA), ("bf16_cpu", False)):
+        for key, default in probes.RECORD_DEFAULTS.items():
             probed, want = probe.get(key, default), getattr(args, key)
             if probed != want:
                 raise SystemExit(f"--epochs auto: {path} was measured with --{key} {probed:g}, this study uses "
@@ -318,8 +318,7 @@ def finished_cells(args: argparse.Namespace) -> Dict[Tuple[str, str, int], Dict[
     except (OSError, ValueError):
         return {}
     key = json.loads(json.dumps(cell_key(args)))
-    older = {"lm_lambda": LM_LAMBDA, "bf16_cpu": False}  # keys recorded before their flags existed: the defaults
-    recorded = lambda c: {**older, **c.get("key", {})}  # noqa: E731
+    recorded = lambda c: {**probes.RECORD_DEFAULTS, **c.get("key", {})}  # noqa: E731
     return {(c["order"], c["method"], c["seed"]): c for c in old.get("cells", []) if recorded(c) == key}
 
 

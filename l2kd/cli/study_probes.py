@@ -39,6 +39,8 @@ FORGETTING_FILE = "forgetting_probe.json"
 PARSE_FILE = "parse_rate_probe.json"
 PARSE_TARGET = 0.5  # the share of pseudo-samples that must parse for replay to act
 LM_LAMBDA = TrainConfig.__dataclass_fields__["lm_lambda"].default  # the original's 0.25
+# settings recorded (in probe files and study cells) only since their flags exist: older records had these
+RECORD_DEFAULTS = {"lm_lambda": LM_LAMBDA, "bf16_cpu": False}
 
 
 def _base_cfg(args: argparse.Namespace, tasks: Sequence[str], seq_type: str, root: str, epochs: int,
@@ -148,8 +150,7 @@ def parse_rate_probe(args: argparse.Namespace, task: str, epochs: int, n_samples
             recorded = json.load(f)
         settings = {"model_name": args.model_name, "task": task, "train": args.train, "lr": args.lr,
                     "batch": args.batch, "lm_lambda": args.lm_lambda, "bf16_cpu": args.bf16_cpu}
-        defaults = {"lm_lambda": LM_LAMBDA, "bf16_cpu": False}  # recorded before their flags existed
-        differ = [k for k, v in settings.items() if recorded.get(k, defaults.get(k)) != v]
+        differ = [k for k, v in settings.items() if recorded.get(k, RECORD_DEFAULTS.get(k)) != v]
         if differ:
             raise SystemExit(f"--probe parse_rate: {path} holds a probe with other settings ({', '.join(differ)}); "
                              "use another --out, or move that file away")
