@@ -111,11 +111,30 @@ def test_choose_sequence_takes_the_most_forgetting_measured_chain():
         study_probes.choose_sequence(res[:1])
 
 
-def test_epochs_for_parse_rate():
-    probe = {"results": [{"epoch": "1", "parse_rate": 0.0}, {"epoch": "3", "parse_rate": 0.6},
-                         {"epoch": "2", "parse_rate": 0.5}]}
-    assert study_probes.epochs_for_parse_rate(probe) == 2
-    assert study_probes.epochs_for_parse_rate(probe, target=0.9) is None
+def test_epochs_for_parse_rate_reads_the_end_of_the_probed_schedule():
+    """Only the model at the end of the probed schedule says what that many epochs reach: an
+    earlier epoch was read before the learning rate decayed."""
+    probe = {"epochs": 3, "results": [{"epoch": "1", "parse_rate": 0.0}, {"epoch": "3", "parse_rate": 0.6},
+                                      {"epoch": "2", "parse_rate": 0.9}]}
+    assert study_probes.epochs_for_parse_rate(probe) == 3
+    assert study_probes.epochs_for_parse_rate(probe, target=0.7) is None  # epoch 2's 0.9 does not count
+    probe["results"][1]["parse_rate"] = 0.1
+    assert study_probes.epochs_for_parse_rate(probe) is None
+    del probe["epochs"]  # an older file: the last probed epoch is the schedule's end
+    assert study_probes.probed_schedule(probe) == 3
+    assert study_probes.epochs_for_parse_rate({"epochs": 4, "results": probe["results"]}) is None  # end not probed
+
+
+def test_auto_epochs_warns_when_the_probed_schedule_ends_below_target(tmp_path, capsys):
+    probe = {"model_name": "m", "task": "rnnlg.rest", "train": 8, "lr": 1e-3, "batch": 8, "epochs": 2,
+             "results": [{"epoch": "1", "parse_rate": 0.9}, {"epoch": "2", "parse_rate": 0.2}]}
+    with open(os.path.join(str(tmp_path), study_probes.PARSE_FILE), "w") as f:
+        json.dump(probe, f)
+    args = study.parse_args(["--out", str(tmp_path), "--epochs", "auto", "--tasks", "e2enlg", "woz.en"])
+    study.resolve_tasks_and_epochs(args)
+    out = capsys.readouterr().out
+    assert args.epochs == 2 and "WARNING" in out and "replay will be weak" in out
+    assert "the probe learnt rnnlg.rest, the sequence starts with e2enlg" in out
 
 
 def test_parse_pairs_rejects_malformed():
@@ -133,7 +152,8 @@ def test_base_preset_gives_defaults_that_flags_override(tmp_path):
     assert study.parse_args(["--out", str(tmp_path)]).model_name == study.PRETRAINED
     assert args.lm_lambda == 1.0 and study.parse_args(["--out", str(tmp_path)]).lm_lambda == 0.25
     # bf16 on CPU in the preset (off with --no-bf16_cpu, and by default), reaching every run
-    study.resolve_tasks_and_epochs(args)  # the preset's teacher epochs "2x" -> a number
+    study.resolve_tasks_and_epochs(args)  # the preset's teacher epochs "1x" -> a number
+    assert args.epochs == 6 and args.teacher_epochs == 6
     assert args.bf16_cpu and study.method_config("lll", "forward", 1, args).bf16_cpu
     assert not study.parse_args(["--base", "smollm2-135m", "--out", str(tmp_path), "--no-bf16_cpu"]).bf16_cpu
     assert not study.parse_args(["--out", str(tmp_path)]).bf16_cpu
