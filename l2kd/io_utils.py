@@ -31,10 +31,12 @@ def _atomic(path: str, write) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
+        # torch.save reports a full disk as RuntimeError("... unexpected pos ..."): look at the free
+        # space while the partial temp file still holds it (deleting it frees what it had taken)
+        full = not isinstance(exc, OSError) and _nearly_full(d)
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if not isinstance(exc, OSError) and _nearly_full(d):
-            # torch.save reports a full disk as RuntimeError("... unexpected pos ..."): say what it is
+        if full:
             raise OSError(errno.ENOSPC, f"No space left on device ({str(exc).splitlines()[0]})", path) from exc
         raise
 

@@ -186,6 +186,34 @@ def test_a_full_disk_is_reported_as_one_naming_the_file(tmp_path, monkeypatch):
     assert msg.startswith("no space left on the device") and target in msg
 
 
+def test_torch_saves_unexpected_pos_on_a_full_disk_is_reported_as_a_full_disk(tmp_path, monkeypatch):
+    """torch.save fails on a full disk with RuntimeError("unexpected pos ..."); the disk is only
+    full while the partial temp file exists, so the free space must be read before deleting it."""
+    real_statvfs = os.statvfs
+
+    class Vfs:
+        def __init__(self, free):
+            self.f_bavail, self.f_frsize = free, 1
+
+    def statvfs(folder):
+        temps = [f for f in os.listdir(folder) if f.startswith(".tmp-")]
+        return Vfs(0) if temps else Vfs(10 * 2**30) if folder == str(tmp_path) else real_statvfs(folder)
+
+    def save(obj, f):
+        f.write(b"x" * 1000)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 55296 vs 55190")
+
+    monkeypatch.setattr("l2kd.io_utils.os.statvfs", statvfs)
+    monkeypatch.setattr("l2kd.io_utils.torch.save", save)
+    w = StateWriter()
+    target = str(tmp_path / "model-2")
+    w.submit(target, {"v": torch.zeros(10)})
+    with pytest.raises(OSError) as e:
+        w.close()
+    assert e.value.errno == errno.ENOSPC and "unexpected pos" in str(e.value) and target in str(e.value)
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_a_gpu_state_is_copied_into_pinned_memory_and_written_whole(tmp_path):
     state = {"w": torch.randn(1000, 100, device="cuda")}
