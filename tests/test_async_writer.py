@@ -168,6 +168,18 @@ def test_a_run_reports_its_bytes_per_epoch(tmp_path, data_dir, caplog):
     assert not os.path.exists(os.path.join(tdir, "checkpoint.pt"))
 
 
+def _full_disk_error(target: str) -> OSError:
+    """The error a background write of ``target`` raises on the (simulated) full disk, after
+    checking it says so, names the file, and left neither the file nor a temp file behind."""
+    w = StateWriter()
+    w.submit(target, {"v": torch.zeros(100)})
+    with pytest.raises(OSError) as e:
+        w.close()
+    assert e.value.errno == errno.ENOSPC and target in str(e.value)
+    assert os.listdir(os.path.dirname(target)) == []
+    return e.value
+
+
 def test_a_full_disk_is_reported_as_one_naming_the_file(tmp_path, monkeypatch):
     from l2kd.loop.failures import fatal_message
 
@@ -175,14 +187,9 @@ def test_a_full_disk_is_reported_as_one_naming_the_file(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr("l2kd.io_utils.os.fsync", full)
-    w = StateWriter()
     target = str(tmp_path / "checkpoint.pt")
-    w.submit(target, {"v": torch.zeros(100)})
-    with pytest.raises(OSError) as e:
-        w.close()
-    assert e.value.errno == errno.ENOSPC and target in str(e.value)
-    assert os.listdir(tmp_path) == []  # neither the file nor a temp file
-    msg = fatal_message(e.value, str(tmp_path))
+    err = _full_disk_error(target)
+    msg = fatal_message(err, str(tmp_path))
     assert msg.startswith("no space left on the device") and target in msg
 
 
@@ -205,13 +212,7 @@ def test_torch_saves_unexpected_pos_on_a_full_disk_is_reported_as_a_full_disk(tm
 
     monkeypatch.setattr("l2kd.io_utils.os.statvfs", statvfs)
     monkeypatch.setattr("l2kd.io_utils.torch.save", save)
-    w = StateWriter()
-    target = str(tmp_path / "model-2")
-    w.submit(target, {"v": torch.zeros(10)})
-    with pytest.raises(OSError) as e:
-        w.close()
-    assert e.value.errno == errno.ENOSPC and "unexpected pos" in str(e.value) and target in str(e.value)
-    assert os.listdir(tmp_path) == []
+    assert "unexpected pos" in str(_full_disk_error(str(tmp_path / "model-2")))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
