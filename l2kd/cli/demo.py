@@ -26,6 +26,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from l2kd.bases import BaseUnavailable
+from l2kd.cli.device_flags import add_device_flags
 from l2kd.config import SamplingConfig, TrainConfig
 from l2kd.data import bundled_data_dir
 from l2kd.data.loading import load_task_examples
@@ -224,9 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune_models", action="store_true",
                    help="delete each run's model weights once it is tested (scores, decodes and records stay)")
     p.add_argument("--seeds", type=int, nargs="+", default=[42], help="one run per seed and strategy")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: a GPU when there is one)")
-    p.add_argument("--bf16_cpu", action=argparse.BooleanOptionalAction, default=False,
-                   help="bf16 autocast on CPU, fp32 master weights (default off; on in the smollm2-135m preset)")
+    add_device_flags(p)
     p.add_argument("--strategies", nargs="+", choices=CORE + list(FULL), default=None,
                    help="run exactly these strategies (default: finetune lll lll+word_kd, plus the --full ones)")
     p.add_argument("--full", action="store_true",

@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from l2kd.bases import BaseUnavailable, ensure_packaged_base, is_packaged_base
 from l2kd.cli import study_probes as probes
+from l2kd.cli.device_flags import add_device_flags
 from l2kd.config import SamplingConfig, TrainConfig
 from l2kd.data import bundled_data_dir
 from l2kd.diagnostics import DIAGNOSTICS
@@ -206,10 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--orders", nargs="+", choices=ORDERS, default=list(ORDERS))
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: a GPU when there is one)")
-    p.add_argument("--bf16_cpu", action=argparse.BooleanOptionalAction, default=False,
-                   help="bf16 autocast on CPU (as on a recent GPU by default), fp32 master weights "
-                        "(default off; on in the smollm2-135m preset)")
+    add_device_flags(p)
     p.add_argument("--train", type=int, default=300, help="training examples per task")
     p.add_argument("--test", type=int, default=60, help="test examples per task")
     p.add_argument("--epochs", default="2",
@@ -275,8 +273,9 @@ def resolve_tasks_and_epochs(args: argparse.Namespace) -> None:
             raise SystemExit(f"--epochs auto: {path} missing; run the study with --probe parse_rate first")
         with open(path) as f:
             probe = json.load(f)
-        for key, default in probes.RECORD_DEFAULTS.items():
-            probed, want = probe.get(key, default), getattr(args, key)
+        recorded = probes.with_record_defaults(probe)
+        for key in probes.RECORD_DEFAULTS:
+            probed, want = recorded[key], getattr(args, key)
             if probed != want:
                 raise SystemExit(f"--epochs auto: {path} was measured with --{key} {probed:g}, this study uses "
                                  f"{want:g}; run the parse-rate probe with the study's settings "
@@ -327,8 +326,8 @@ def finished_cells(args: argparse.Namespace) -> Dict[Tuple[str, str, int], Dict[
     except (OSError, ValueError):
         return {}
     key = json.loads(json.dumps(cell_key(args)))
-    recorded = lambda c: {**probes.RECORD_DEFAULTS, **c.get("key", {})}  # noqa: E731
-    return {(c["order"], c["method"], c["seed"]): c for c in old.get("cells", []) if recorded(c) == key}
+    return {(c["order"], c["method"], c["seed"]): c for c in old.get("cells", [])
+            if probes.with_record_defaults(c.get("key", {})) == key}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -43,6 +43,11 @@ LM_LAMBDA = TrainConfig.__dataclass_fields__["lm_lambda"].default  # the origina
 RECORD_DEFAULTS = {"lm_lambda": LM_LAMBDA, "bf16_cpu": False}
 
 
+def with_record_defaults(record: dict) -> dict:
+    """``record`` with the settings it predates filled in from :data:`RECORD_DEFAULTS`."""
+    return {**RECORD_DEFAULTS, **record}
+
+
 def _base_cfg(args: argparse.Namespace, tasks: Sequence[str], seq_type: str, root: str, epochs: int,
               seed: int) -> TrainConfig:
     return TrainConfig(
@@ -150,7 +155,8 @@ def parse_rate_probe(args: argparse.Namespace, task: str, epochs: int, n_samples
             recorded = json.load(f)
         settings = {"model_name": args.model_name, "task": task, "train": args.train, "lr": args.lr,
                     "batch": args.batch, "lm_lambda": args.lm_lambda, "bf16_cpu": args.bf16_cpu}
-        differ = [k for k, v in settings.items() if recorded.get(k, RECORD_DEFAULTS.get(k)) != v]
+        recorded = with_record_defaults(recorded)
+        differ = [k for k, v in settings.items() if recorded.get(k) != v]
         if differ:
             raise SystemExit(f"--probe parse_rate: {path} holds a probe with other settings ({', '.join(differ)}); "
                              "use another --out, or move that file away")
