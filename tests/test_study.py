@@ -211,6 +211,25 @@ def test_summary_rows_and_verdict():
     assert "holds: best distilled lll+word_kd 40.0, lll 35.0, finetune 31.5" in md
 
 
+def test_summary_stage_table_means_the_seeds_matrices_and_replay():
+    def cell(method, seed, m, replay=None):
+        return {"method": method, "order": "forward", "seed": seed, "tasks": ["a", "b"], "matrix": m,
+                "average": 1.0, "teacher": {}, "train_seconds": 1.0, "test_seconds": 1.0, "replay": replay}
+    cells = [cell("lll", 1, [[30.0, 5.0], [20.0, 40.0]], {"b": {"generated": 32, "parsed": 10}}),
+             cell("lll", 2, [[40.0, 7.0], [10.0, 50.0]], {"b": {"generated": 32, "parsed": 21}}),
+             cell("multitask", 1, [[60.0, 70.0]])]
+    rows = study_summary.summarize(cells)
+    assert rows[0]["stages"] == [[35.0, 6.0], [15.0, 45.0]]
+    assert rows[0]["replay"] == {"b": {"parsed": 15.5, "generated": 32.0}}
+    assert rows[1]["stages"] is None  # multitask has one row: no stages
+    md = study_summary.markdown(rows)
+    assert "| method | after a | after b | parsed |" in md
+    assert "| lll | 35.0 / 6.0 | 15.0 / 45.0 | b 15.5 / 32 |" in md
+    assert "| multitask | 60.0" not in md.split("Score after each stage")[1]
+    # seeds whose matrices differ in shape are not averaged
+    assert study_summary.stage_matrix([cells[0], cell("lll", 3, [[1.0]])]) is None
+
+
 def test_prune_keeps_records_and_teacher_finish(tmp_path):
     for name in ("model-1", "model-2", "model-finish", "model.safetensors", "config.json", "metrics.json"):
         (tmp_path / name).write_bytes(b"x" * 10)

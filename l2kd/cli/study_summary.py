@@ -1,6 +1,7 @@
-"""The study's summary table: per method and order, mean ± std over seeds of the average final
+"""The study's summary tables: per method and order, mean ± std over seeds of the average final
 score, BWT, forgetting, the score on the task just learnt, LAMOL's pseudo-sample parse rate,
-the teachers' scores and the wall time, and whether the paper's order holds."""
+the teachers' scores and the wall time, and whether the paper's order holds; then every task's
+score after each stage and the pseudo-samples parsed before it (means over seeds)."""
 from __future__ import annotations
 
 import statistics
@@ -43,6 +44,27 @@ def teacher_entropy(cells: Sequence[dict]) -> Optional[float]:
     return statistics.fmean(v) if v else None
 
 
+def stage_matrix(cells: Sequence[dict]) -> Optional[List[List[float]]]:
+    """Entry-wise mean over seeds of the square score matrices (row i: every task's score after
+    learning task i); None for multitask, or when the seeds' matrices differ in shape."""
+    ms = [c["matrix"] for c in cells if c.get("matrix")]
+    if not ms or any(len(m) < 2 or len(m) != len(m[0]) or len(m) != len(ms[0]) for m in ms):
+        return None
+    n = len(ms[0])
+    return [[statistics.fmean(m[i][j] for m in ms) for j in range(n)] for i in range(n)]
+
+
+def replay_parsed(cells: Sequence[dict]) -> Dict[str, Dict[str, float]]:
+    """task -> mean pseudo-samples parsed and generated before it, over the cells that replayed."""
+    acc: Dict[str, List[dict]] = {}
+    for c in cells:
+        for task, r in (c.get("replay") or {}).items():
+            if isinstance(r, dict) and r.get("generated") is not None:
+                acc.setdefault(task, []).append(r)
+    return {t: {"parsed": statistics.fmean(float(r.get("parsed") or 0) for r in rs),
+                "generated": statistics.fmean(float(r["generated"]) for r in rs)} for t, rs in acc.items()}
+
+
 def summarize(cells: Sequence[dict]) -> List[Dict[str, object]]:
     """One row per (order, method), in the order the cells first appear."""
     groups: Dict[tuple, List[dict]] = {}
@@ -64,6 +86,8 @@ def summarize(cells: Sequence[dict]) -> List[Dict[str, object]]:
             "teacher_scores": teacher_scores(cs),
             "teacher_entropy_fraction": teacher_entropy(cs),
             "seconds": _stat([c["train_seconds"] + c["test_seconds"] for c in cs]),
+            "stages": stage_matrix(cs),
+            "replay": replay_parsed(cs),
         })
     return rows
 
@@ -87,6 +111,23 @@ def verdict(rows: Sequence[Dict[str, object]], order: str) -> str:
             f"best distilled {best} {avg[best]:.1f}, lll {avg['lll']:.1f}, finetune {avg['finetune']:.1f}")
 
 
+def stage_markdown(rows: Sequence[Dict[str, object]]) -> List[str]:
+    """Lines of the per-stage table of one order's sequential rows (empty when there are none)."""
+    rs = [r for r in rows if r.get("stages")]
+    if not rs:
+        return []
+    tasks = rs[0]["tasks"]
+    out = [f"Score after each stage, mean over seeds (each cell: {' / '.join(tasks)}), and the pseudo-samples "
+           "parsed before each later task (mean over seeds):", "",
+           "| method | " + " | ".join(f"after {t}" for t in tasks) + " | parsed |", "|---" * (len(tasks) + 2) + "|"]
+    for r in rs:
+        cells = [" / ".join(f"{v:.1f}" for v in row) for row in r["stages"]]
+        rep = r.get("replay") or {}
+        parsed = ", ".join(f"{t} {rep[t]['parsed']:.3g} / {rep[t]['generated']:.3g}" for t in tasks if t in rep) or "-"
+        out.append(f"| {r['method']} | " + " | ".join(cells) + f" | {parsed} |")
+    return out + [""]
+
+
 def markdown(rows: Sequence[Dict[str, object]]) -> str:
     """The summary as markdown tables (one per order) with the verdicts."""
     out: List[str] = []
@@ -104,7 +145,7 @@ def markdown(rows: Sequence[Dict[str, object]]) -> str:
             out.append(f"| {r['method']} | {len(r['seeds'])} | " + " | ".join(finals) + f" | {_fmt(r['average'])} | "
                        f"{_fmt(r['backward_transfer'])} | {_fmt(r['forgetting'])} | {_fmt(r['just_learnt'])} | "
                        f"{_fmt(r['parse_rate'], pct=True)} | {teach} | {ent} | {_fmt(r['seconds'])} |")
-        out += ["", verdict(rows, order), ""]
+        out += ["", verdict(rows, order), ""] + stage_markdown(rs)
     out.append("Final score per task after the last task, 0-100, mean ± std over seeds; avg = their mean; BWT = "
                "backward transfer; forget = forgetting; just learnt = mean score on each task right after learning "
                "it; parse rate = share of LAMOL's pseudo-samples that parsed (all tasks); teachers = mean teacher "
