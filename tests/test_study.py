@@ -223,8 +223,8 @@ def test_summary_stage_table_means_the_seeds_matrices_and_replay():
     assert rows[0]["replay"] == {"b": {"parsed": 15.5, "generated": 32.0}}
     assert rows[1]["stages"] is None  # multitask has one row: no stages
     md = study_summary.markdown(rows)
-    assert "| method | after a | after b | parsed |" in md
-    assert "| lll | 35.0 / 6.0 | 15.0 / 45.0 | b 15.5 / 32 |" in md
+    assert "| method | seeds | after a | after b | parsed |" in md
+    assert "| lll | 2 | 35.0 / 6.0 | 15.0 / 45.0 | b 15.5 / 32 |" in md
     assert "| multitask | 60.0" not in md.split("Score after each stage")[1]
     # seeds whose matrices differ in shape are not averaged
     assert study_summary.stage_matrix([cells[0], cell("lll", 3, [[1.0]])]) is None

@@ -119,12 +119,13 @@ def stage_markdown(rows: Sequence[Dict[str, object]]) -> List[str]:
     tasks = rs[0]["tasks"]
     out = [f"Score after each stage, mean over seeds (each cell: {' / '.join(tasks)}), and the pseudo-samples "
            "parsed before each later task (mean over seeds):", "",
-           "| method | " + " | ".join(f"after {t}" for t in tasks) + " | parsed |", "|---" * (len(tasks) + 2) + "|"]
+           "| method | seeds | " + " | ".join(f"after {t}" for t in tasks) + " | parsed |",
+           "|---" * (len(tasks) + 3) + "|"]
     for r in rs:
         cells = [" / ".join(f"{v:.1f}" for v in row) for row in r["stages"]]
         rep = r.get("replay") or {}
         parsed = ", ".join(f"{t} {rep[t]['parsed']:.3g} / {rep[t]['generated']:.3g}" for t in tasks if t in rep) or "-"
-        out.append(f"| {r['method']} | " + " | ".join(cells) + f" | {parsed} |")
+        out.append(f"| {r['method']} | {len(r['seeds'])} | " + " | ".join(cells) + f" | {parsed} |")
     return out + [""]
 
 
