@@ -31,6 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from l2kd.bases import BaseUnavailable, ensure_packaged_base, is_packaged_base
 from l2kd.cli import study_probes as probes
 from l2kd.cli.device_flags import add_device_flags
+from l2kd.cli.study_replay import replay_mix
 from l2kd.config import SamplingConfig, TrainConfig
 from l2kd.data import bundled_data_dir
 from l2kd.diagnostics import DIAGNOSTICS
@@ -163,9 +164,25 @@ def parse_rate(replay: Dict[str, Dict[str, int]]) -> Optional[float]:
     return sum(r["parsed"] for r in replay.values()) / gen if gen else None
 
 
+def run_replay_mix(rdir: str, cfg: TrainConfig, replay: Dict[str, Dict[str, int]]) -> Dict[str, Dict[str, int]]:
+    """Which earlier task the run's pseudo-samples imitate (:mod:`l2kd.cli.study_replay`); empty
+    for a run that replayed nothing."""
+    if not replay:
+        return {}
+    return replay_mix(lambda t: task_dir(rdir, cfg.seq_train_type, t), cfg.tasks, cfg.data_dir)
+
+
+def with_replay_mix(cell: Dict[str, object], args: argparse.Namespace) -> Dict[str, object]:
+    """``cell`` with its ``replay_mix``, read back from its run folder when it was recorded without one."""
+    if "replay_mix" not in cell:
+        cfg = method_config(cell["method"], cell["order"], cell["seed"], args)
+        cell["replay_mix"] = run_replay_mix(cell["run_dir"], cfg, cell.get("replay") or {})
+    return cell
+
+
 def run_cell(cfg: TrainConfig, quiet: bool) -> Dict[str, object]:
     """Train and test one configuration; return its scores, wall times, pseudo-sample counts
-    and teacher diagnostics."""
+    (and which earlier task they imitate) and teacher diagnostics."""
     t0 = time.time()
     summary = train_sequence(cfg)
     t_train = time.time() - t0
@@ -176,6 +193,7 @@ def run_cell(cfg: TrainConfig, quiet: bool) -> Dict[str, object]:
         "average": res.get("average"), "backward_transfer": res.get("backward_transfer"),
         "forgetting": res.get("forgetting"), "train_seconds": t_train, "test_seconds": time.time() - t0 - t_train,
         "replay": replay, "parse_rate": parse_rate(replay),
+        "replay_mix": run_replay_mix(summary["run_dir"], cfg, replay),
         "teacher": teacher_diagnostics(cfg) if (cfg.distil or cfg.seq_distil) else {},
     }
 
@@ -362,7 +380,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t_start = time.time()
     for i, (order, method, seed) in enumerate(plan, 1):
         if (order, method, seed) in done:
-            cells.append(done[(order, method, seed)])
+            cells.append(with_replay_mix(done[(order, method, seed)], args))
             continue
         cfg = method_config(method, order, seed, args)
         print(f"\n[{i}/{len(plan)}] {method}, {order} order ({' -> '.join(cfg.tasks)}), seed {seed}", flush=True)

@@ -65,6 +65,17 @@ def replay_parsed(cells: Sequence[dict]) -> Dict[str, Dict[str, float]]:
                 "generated": statistics.fmean(float(r["generated"]) for r in rs)} for t, rs in acc.items()}
 
 
+def replay_mix(cells: Sequence[dict]) -> Dict[str, Dict[str, float]]:
+    """task -> earlier task (or ``other``) -> mean count of the pseudo-samples replayed while
+    learning it that imitate that task, over the cells that recorded it."""
+    acc: Dict[str, List[Dict[str, int]]] = {}
+    for c in cells:
+        for task, mix in (c.get("replay_mix") or {}).items():
+            acc.setdefault(task, []).append(mix)
+    return {t: {k: statistics.fmean(float(m.get(k, 0)) for m in ms) for k in dict.fromkeys(k for m in ms for k in m)}
+            for t, ms in acc.items()}
+
+
 def summarize(cells: Sequence[dict]) -> List[Dict[str, object]]:
     """One row per (order, method), in the order the cells first appear."""
     groups: Dict[tuple, List[dict]] = {}
@@ -88,6 +99,7 @@ def summarize(cells: Sequence[dict]) -> List[Dict[str, object]]:
             "seconds": _stat([c["train_seconds"] + c["test_seconds"] for c in cs]),
             "stages": stage_matrix(cs),
             "replay": replay_parsed(cs),
+            "replay_mix": replay_mix(cs),
         })
     return rows
 
@@ -117,15 +129,19 @@ def stage_markdown(rows: Sequence[Dict[str, object]]) -> List[str]:
     if not rs:
         return []
     tasks = rs[0]["tasks"]
-    out = [f"Score after each stage, mean over seeds (each cell: {' / '.join(tasks)}), and the pseudo-samples "
-           "parsed before each later task (mean over seeds):", "",
-           "| method | seeds | " + " | ".join(f"after {t}" for t in tasks) + " | parsed |",
-           "|---" * (len(tasks) + 3) + "|"]
+    out = [f"Score after each stage, mean over seeds (each cell: {' / '.join(tasks)}), the pseudo-samples "
+           "parsed before each later task, and which earlier task they imitate by their question (`other`: "
+           "none, or no answer marker), means over seeds:", "",
+           "| method | seeds | " + " | ".join(f"after {t}" for t in tasks) + " | parsed | imitating |",
+           "|---" * (len(tasks) + 4) + "|"]
     for r in rs:
         cells = [" / ".join(f"{v:.1f}" for v in row) for row in r["stages"]]
         rep = r.get("replay") or {}
         parsed = ", ".join(f"{t} {rep[t]['parsed']:.3g} / {rep[t]['generated']:.3g}" for t in tasks if t in rep) or "-"
-        out.append(f"| {r['method']} | {len(r['seeds'])} | " + " | ".join(cells) + f" | {parsed} |")
+        mix = r.get("replay_mix") or {}
+        imitating = "; ".join(f"before {t}: " + ", ".join(f"{k} {v:.3g}" for k, v in mix[t].items())
+                              for t in tasks if t in mix) or "-"
+        out.append(f"| {r['method']} | {len(r['seeds'])} | " + " | ".join(cells) + f" | {parsed} | {imitating} |")
     return out + [""]
 
 

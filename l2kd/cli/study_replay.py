@@ -1,0 +1,71 @@
+"""Which earlier task each of LAMOL's pseudo-samples imitates, read back from a finished run.
+
+With one shared generation token the model decides by itself which task a pseudo-sample belongs
+to, and a student that stops generating one task never replays it. The study attributes every
+sample in a run's ``lm.csv`` files by its question: the text before ``__ans__`` ends with one of
+an earlier task's training questions (case and spacing ignored). Samples without ``__ans__`` or
+with a question of no earlier task count as ``other``. A diagnostic only: training never reads
+the old tasks' data.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set
+
+from l2kd.data.tasks import task_file
+from l2kd.replay import read_lm_csv
+
+ANS = "__ans__"
+OTHER = "other"
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def training_questions(data_dir: str, task: str) -> Set[str]:
+    """The distinct questions of ``task``'s training file (normalised); empty when it cannot be read."""
+    try:
+        with open(task_file(data_dir, task, "train"), encoding="utf-8") as f:
+            data = json.load(f)["data"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    return {_norm(qa["question"]) for doc in data for par in doc.get("paragraphs", [])
+            for qa in par.get("qas", []) if qa.get("question")}
+
+
+def attribute(samples: Iterable[str], questions: Dict[str, Set[str]]) -> Dict[str, int]:
+    """Count ``samples`` per task whose question they end their prompt with (``other``: none).
+    A prompt that ends with questions of several tasks goes to the task with the longest match."""
+    out = {task: 0 for task in questions}
+    out[OTHER] = 0
+    for s in samples:
+        head, sep, _ = s.partition(ANS)
+        prompt = _norm(head) if sep else ""
+        best: Optional[str] = None
+        best_len = 0
+        for task, qs in questions.items():
+            for q in qs:
+                if len(q) > best_len and prompt.endswith(q):
+                    best, best_len = task, len(q)
+        out[best or OTHER] += 1
+    return out
+
+
+def replay_mix(rdir_task: Callable[[str], str], tasks: Sequence[str], data_dir: str) -> Dict[str, Dict[str, int]]:
+    """task -> counts per earlier task of the pseudo-samples replayed while learning it, from the
+    ``lm.csv`` the previous task's folder holds (``rdir_task(task)`` gives a task's folder);
+    tasks without one are left out."""
+    questions: Dict[str, Set[str]] = {}
+    out: Dict[str, Dict[str, int]] = {}
+    for i in range(1, len(tasks)):
+        questions[tasks[i - 1]] = training_questions(data_dir, tasks[i - 1])
+        path = os.path.join(rdir_task(tasks[i - 1]), "lm.csv")
+        try:
+            samples: List[str] = read_lm_csv(path)
+        except (OSError, ValueError):
+            continue
+        out[tasks[i]] = attribute(samples, dict(questions))
+    return out
