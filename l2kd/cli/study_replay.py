@@ -9,15 +9,15 @@ the old tasks' data.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set
 
+from l2kd.data.squad import DataError, load_squad_file
 from l2kd.data.tasks import task_file
 from l2kd.replay import read_lm_csv
+from l2kd.tokenizer import ANS
 
-ANS = "__ans__"
 OTHER = "other"
 
 
@@ -28,12 +28,9 @@ def _norm(text: str) -> str:
 def training_questions(data_dir: str, task: str) -> Set[str]:
     """The distinct questions of ``task``'s training file (normalised); empty when it cannot be read."""
     try:
-        with open(task_file(data_dir, task, "train"), encoding="utf-8") as f:
-            data = json.load(f)["data"]
-    except (OSError, ValueError, KeyError, TypeError):
+        return {_norm(ex.question) for ex in load_squad_file(task_file(data_dir, task, "train"), task)}
+    except (OSError, DataError):
         return set()
-    return {_norm(qa["question"]) for doc in data for par in doc.get("paragraphs", [])
-            for qa in par.get("qas", []) if qa.get("question")}
 
 
 def attribute(samples: Iterable[str], questions: Dict[str, Set[str]]) -> Dict[str, int]:

@@ -54,25 +54,16 @@ def stage_matrix(cells: Sequence[dict]) -> Optional[List[List[float]]]:
     return [[statistics.fmean(m[i][j] for m in ms) for j in range(n)] for i in range(n)]
 
 
-def replay_parsed(cells: Sequence[dict]) -> Dict[str, Dict[str, float]]:
-    """task -> mean pseudo-samples parsed and generated before it, over the cells that replayed."""
+def per_task_means(cells: Sequence[dict], field: str) -> Dict[str, Dict[str, float]]:
+    """task -> key -> mean over the cells that recorded ``field`` (a task -> counts mapping, such as
+    ``replay``'s generated / parsed or ``replay_mix``'s per earlier task) for it; a key a cell
+    lacks counts 0."""
     acc: Dict[str, List[dict]] = {}
     for c in cells:
-        for task, r in (c.get("replay") or {}).items():
-            if isinstance(r, dict) and r.get("generated") is not None:
-                acc.setdefault(task, []).append(r)
-    return {t: {"parsed": statistics.fmean(float(r.get("parsed") or 0) for r in rs),
-                "generated": statistics.fmean(float(r["generated"]) for r in rs)} for t, rs in acc.items()}
-
-
-def replay_mix(cells: Sequence[dict]) -> Dict[str, Dict[str, float]]:
-    """task -> earlier task (or ``other``) -> mean count of the pseudo-samples replayed while
-    learning it that imitate that task, over the cells that recorded it."""
-    acc: Dict[str, List[Dict[str, int]]] = {}
-    for c in cells:
-        for task, mix in (c.get("replay_mix") or {}).items():
-            acc.setdefault(task, []).append(mix)
-    return {t: {k: statistics.fmean(float(m.get(k, 0)) for m in ms) for k in dict.fromkeys(k for m in ms for k in m)}
+        for task, counts in (c.get(field) or {}).items():
+            if isinstance(counts, dict):
+                acc.setdefault(task, []).append(counts)
+    return {t: {k: statistics.fmean(float(m.get(k) or 0) for m in ms) for k in dict.fromkeys(k for m in ms for k in m)}
             for t, ms in acc.items()}
 
 
@@ -98,8 +89,8 @@ def summarize(cells: Sequence[dict]) -> List[Dict[str, object]]:
             "teacher_entropy_fraction": teacher_entropy(cs),
             "seconds": _stat([c["train_seconds"] + c["test_seconds"] for c in cs]),
             "stages": stage_matrix(cs),
-            "replay": replay_parsed(cs),
-            "replay_mix": replay_mix(cs),
+            "replay": per_task_means(cs, "replay"),
+            "replay_mix": per_task_means(cs, "replay_mix"),
         })
     return rows
 
