@@ -286,6 +286,10 @@ class TrainConfig:
                                    "answers")
     temperature_kd: float = flag(2.0, "Word-KD: temperature of the teacher's and the student's softmax",
                                  student_only=True)
+    distil_weighting: bool = flag(False, "Word-KD: in a batch with replayed rows, weight the current rows' KD mean "
+                                         "and the replayed rows' CE mean by their shares of the batch's examples "
+                                         "(the original's weighting=True, which no flag of it reaches) instead of "
+                                         "adding the two means", student_only=True, original=False)
     ref1: bool = flag(False, "Seq-KD: read the decoded answers from <task>_to_squad-ref1-v2.0.json instead of "
                              "...-distil-...", student_only=True)
     teacher_dir: str = flag("", "folder of the L2KD teachers (<dir>/<task>/model-finish); default: search where "
@@ -378,6 +382,8 @@ class TrainConfig:
             ("--train_batch_size", self.train_batch_size >= 0, "must be >= 0 (0 = dynamic)", self.train_batch_size),
             ("--test_batch_size", self.test_batch_size >= 0, "must be >= 0 (0 = dynamic)", self.test_batch_size),
             ("--temperature_kd", self.temperature_kd > 0, "must be > 0", self.temperature_kd),
+            ("--distil_weighting", self.distil or not self.distil_weighting,
+             "weights Word-KD's two parts, so it needs --distil", self.distil_weighting),
             ("--tokens_weight", self.tokens_weight > 0, "must be > 0", self.tokens_weight),
             ("--weight_decay", self.weight_decay >= 0, "must be >= 0", self.weight_decay),
             ("--max_grad_norm", self.max_grad_norm >= 0, "must be >= 0", self.max_grad_norm),

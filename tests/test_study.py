@@ -45,6 +45,9 @@ def test_method_configs(tmp_path):
     t1, t2 = study.method_config("lll+word_kd@T1", "forward", 1, args), study.method_config("lll+word_kd", "forward", 1, args)
     assert (t1.temperature_kd, t2.temperature_kd, t1.distil) == (1.0, args.temperature_kd, True)
     assert t1.teacher_root == t2.teacher_root and run_dir_of(t1) != run_dir_of(t2)
+    w = study.method_config("lll+word_kd@weighted", "forward", 1, args)
+    assert (w.distil, w.distil_weighting, t2.distil_weighting) == (True, True, False)
+    assert w.teacher_root == t2.teacher_root and run_dir_of(w) != run_dir_of(t2)
 
 
 def test_lm_lambda_reaches_every_run_and_keys_the_finished_cells(tmp_path):

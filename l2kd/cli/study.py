@@ -86,6 +86,8 @@ METHODS: Dict[str, Tuple[str, Dict[str, object]]] = {
     "lll+word_kd@T1": ("lll", {"distil": True, "temperature_kd": 1.0}),
     "lll+word_kd@T4": ("lll", {"distil": True, "temperature_kd": 4.0}),
     # teachers trained for --long_teacher_epochs instead of --epochs (their own teacher folder)
+    # the KD and the replayed rows' CE means weighted by their rows' shares of the batch, not added
+    "lll+word_kd@weighted": ("lll", {"distil": True, "distil_weighting": True}),
     "lll+word_kd@long_teacher": ("lll", {"distil": True, "long_teacher": True}),
     "lll+seq_kd": ("lll", {"seq_distil": True}),
     "lll+seq_kd_soft": ("lll", {"distil": True, "seq_distil": True}),

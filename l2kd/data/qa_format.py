@@ -120,7 +120,8 @@ def _test_prompt(c: List[int], sep_q: List[int], ans: int, max_len: int) -> List
 class Batch:
     """Padded training tensors for a list of :class:`Encoded` (``[B, L]`` each), and what is
     known of them on the host before they move to a device: the flat positions that have a
-    target (``rows``) and the number of LM target tokens, so that neither needs a read back."""
+    target (``rows``), the number of LM target tokens, and the rows and replayed rows of the whole
+    batch it is a shard of (``n_rows``, ``n_pseudo``), so that none needs a read back."""
 
     qa_input: torch.Tensor
     qa_target: torch.Tensor
@@ -131,6 +132,8 @@ class Batch:
     # those of the current task's rows ("qa_cur", "lm_cur") and of the replayed ones ("qa_rep", "lm_rep")
     rows: Dict[str, torch.Tensor] = field(default_factory=dict)
     n_tokens: int = 0  # LM target tokens (the throughput unit), counted when the batch was built
+    n_rows: int = 0  # examples in the whole (all ranks') batch
+    n_pseudo: int = 0  # of them, replayed pseudo-samples
 
     def to(self, device: torch.device) -> "Batch":
         """The batch on ``device``; on a GPU copied from pinned memory without waiting."""
@@ -141,7 +144,8 @@ class Batch:
 
         return Batch(*(move(t) for t in (self.qa_input, self.qa_target, self.lm_input, self.lm_target,
                                          self.is_pseudo)),
-                     rows={k: move(v) for k, v in self.rows.items()}, n_tokens=self.n_tokens)
+                     rows={k: move(v) for k, v in self.rows.items()}, n_tokens=self.n_tokens, n_rows=self.n_rows,
+                     n_pseudo=self.n_pseudo)
 
 
 def target_rows(target: torch.Tensor, is_pseudo: torch.Tensor, part: str) -> Dict[str, torch.Tensor]:
@@ -161,8 +165,10 @@ def _pad(rows: List[List[int]], value: int) -> torch.Tensor:
     return out
 
 
-def collate(examples: Sequence[Encoded], ids: SpecialIds) -> Batch:
-    """Right-pad the QA and LM inputs/targets of ``examples``."""
+def collate(examples: Sequence[Encoded], ids: SpecialIds, whole: Optional[Sequence[Encoded]] = None) -> Batch:
+    """Right-pad the QA and LM inputs/targets of ``examples``; ``whole``: the global batch they
+    are this rank's shard of (default ``examples``), whose row counts the batch records."""
+    whole = examples if whole is None else whole
     qa_in, qa_tg, lm_in, lm_tg = [], [], [], []
     for ex in examples:
         cqa = ex.cq + ex.answer
@@ -175,7 +181,7 @@ def collate(examples: Sequence[Encoded], ids: SpecialIds) -> Batch:
     return Batch(
         qa_input=_pad(qa_in, ids.pad), qa_target=qa_target, lm_input=_pad(lm_in, ids.pad), lm_target=lm_target,
         is_pseudo=is_pseudo, rows={**target_rows(qa_target, is_pseudo, "qa"), **target_rows(lm_target, is_pseudo, "lm")},
-        n_tokens=sum(len(t) for t in lm_tg),
+        n_tokens=sum(len(t) for t in lm_tg), n_rows=len(whole), n_pseudo=sum(ex.is_pseudo for ex in whole),
     )
 
 

@@ -331,7 +331,7 @@ def step(run: TaskRun, idx: List[int]) -> Optional[Dict[str, object]]:
     ctx, plan, progress, strategy = run.ctx, run.plan, run.progress, run.strategy
     cfg, scaler, model = ctx.cfg, run.precision.scaler, run.model
     weight = ctx.setup.class_weight
-    batch = collate([plan.data[i] for i in dist.shard(idx)], ctx.ids)
+    batch = collate([plan.data[i] for i in dist.shard(idx)], ctx.ids, whole=[plan.data[i] for i in idx])
     n_tokens = batch.n_tokens  # counted on the host before the copy
     batch = batch.to(ctx.device)
     kwargs = {}

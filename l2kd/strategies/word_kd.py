@@ -9,6 +9,11 @@ model of the current task (:mod:`l2kd.distillation`); its vocabulary may lack la
 tokens: inputs are clamped to its vocabulary and its distribution widened by its last
 column, as the original does.
 
+The two means are added, as the original runs them; with ``--distil_weighting`` they are
+weighted by the current and replayed rows' shares of the batch's examples instead (the
+original's ``weighting`` branch), so that one replayed row in a batch of eight carries an eighth
+of the loss rather than half of it.
+
 Both parts go through the run's :class:`~l2kd.losses.Losses` (``ctx.setup.losses``): the KD
 rows through ``kd`` (both heads and the KD loss chunked over rows when the compiled kernel is
 on and the heads have no bias), the replayed rows through ``ce`` (which honours a head bias).
@@ -68,18 +73,30 @@ class WordKD(Wrapper):
     def loss(self, ctx: TaskContext, model: PreTrainedModel, batch: Batch, weight: torch.Tensor,
              shares: Shares = ONE_PROCESS) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         losses, rows = ctx.setup.losses, batch_rows(batch)
+        kd_w, ce_w = part_weights(batch, ctx.cfg.distil_weighting)
         qa = self._part(model, batch.qa_input, batch.qa_target, rows["qa_cur"], rows["qa_rep"], weight, ctx.cfg,
-                        losses, (shares.share("qa_kd"), shares.share("qa_ce")))
+                        losses, (kd_w * shares.share("qa_kd"), ce_w * shares.share("qa_ce")))
         if not self.uses_lm_loss:
             return qa, {"qa_kd_loss": qa.detach()}
         lm = self._part(model, batch.lm_input, batch.lm_target, rows["lm_cur"], rows["lm_rep"], weight, ctx.cfg,
-                        losses, (shares.share("lm_kd"), shares.share("lm_ce")))
+                        losses, (kd_w * shares.share("lm_kd"), ce_w * shares.share("lm_ce")))
         return qa + ctx.cfg.lm_lambda * lm, {"qa_kd_loss": qa.detach(), "lm_kd_loss": lm.detach()}
 
     def after_task(self, ctx: TaskContext, model: PreTrainedModel) -> Report:
         report = self.base.after_task(ctx, model)
         self.teacher = None
         return report
+
+
+def part_weights(batch: Batch, weighting: bool) -> Tuple[float, float]:
+    """The factors of the KD and the CE mean: 1 and 1 (summed), or with ``weighting`` the
+    current and replayed rows' shares of the whole batch's examples (host counts, no read)."""
+    if not weighting:
+        return 1.0, 1.0
+    n, pseudo = batch.n_rows, batch.n_pseudo
+    if n <= 0:
+        raise ValueError("--distil_weighting: the batch does not record its row counts (build it with collate)")
+    return (n - pseudo) / n, pseudo / n
 
 
 def batch_rows(batch: Batch) -> dict:

@@ -51,6 +51,107 @@ def test_word_kd_mixed_batch_formula(tok_ids, tiny_model, base):
     torch.testing.assert_close(loss, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("n_cur,n_pseudo", [(3, 1), (1, 3), (2, 0)])
+def test_word_kd_weighting_formula(tok_ids, tiny_model, n_cur, n_pseudo):
+    """--distil_weighting: each part is ``((N - E) * KD + E * CE) / N`` over the batch's N rows,
+    E of them replayed (the original's weighting branch); without replayed rows pure KD."""
+    tok, ids = tok_ids
+    tiny_model.resize_token_embeddings(len(tok), mean_resizing=False)
+    tiny_model.eval()
+    torch.manual_seed(2)
+    teacher = type(tiny_model)(tiny_model.config).eval()
+    exs = [encode_example(tok, ids, f"inform({c})", "q?", ["x y" + " z" * i], "rnnlg.rest", 128)
+           for i, c in enumerate("abc"[:n_cur])]
+    exs += [encode_example(tok, ids, f"inform({c})", "q?", ["w" + " v" * i], "rnnlg.rest", 128, is_pseudo=True)
+            for i, c in enumerate("def"[:n_pseudo])]
+    b = collate(exs, ids)
+    assert (b.n_rows, b.n_pseudo) == (n_cur + n_pseudo, n_pseudo)
+    w = token_weights(len(tok), ids, 5.0, torch.device("cpu"))
+    strat = WordKD(LAMOL())
+    strat.teacher = teacher
+    cfg = TrainConfig(tasks=("rnnlg.rest",), data_dir=".", model_dir_root=".", temperature_kd=2.0, lm_lambda=0.25,
+                      distil=True, distil_weighting=True)
+    ctx = SimpleNamespace(cfg=cfg, setup=SimpleNamespace(losses=Losses()))
+    loss, _ = strat.loss(ctx, tiny_model, b, w)
+    n = n_cur + n_pseudo
+
+    def part(inp, tgt):
+        s, t = tiny_model(inp).logits, teacher(inp).logits
+        m = tgt != -1
+        cur, rep = m & ~b.is_pseudo[:, None], m & b.is_pseudo[:, None]
+        kd = _original_kd(s[cur], t[cur], 2.0)
+        if not n_pseudo:
+            return kd
+        return ((n - n_pseudo) * kd + n_pseudo * F.cross_entropy(s[rep], tgt[rep], weight=w)) / n
+
+    want = part(b.qa_input, b.qa_target) + 0.25 * part(b.lm_input, b.lm_target)
+    torch.testing.assert_close(loss, want, rtol=1e-4, atol=1e-5)
+    summed, _ = strat.loss(SimpleNamespace(cfg=TrainConfig(**{**cfg.__dict__, "distil_weighting": False}),
+                                           setup=ctx.setup), tiny_model, b, w)
+    if n_pseudo:  # the default adds the two means: a different loss on a mixed batch
+        assert abs(summed.item() - loss.item()) > 1e-3
+    else:
+        torch.testing.assert_close(summed, loss)
+
+
+def test_word_kd_weighting_counts_the_whole_batch(tok_ids):
+    """Under torchrun a rank's shard records the whole batch's rows: the weights are global, as
+    the original's (one process over the whole batch) are."""
+    from l2kd.strategies.word_kd import part_weights
+
+    tok, ids = tok_ids
+    exs = [encode_example(tok, ids, f"inform({c})", "q?", ["x"], "rnnlg.rest", 128, is_pseudo=c in "cd")
+           for c in "abcd"]
+    shard = collate(exs[:2], ids, whole=exs)  # this rank holds no replayed row
+    assert (shard.n_rows, shard.n_pseudo) == (4, 2)
+    assert part_weights(shard, True) == (0.5, 0.5) and part_weights(shard, False) == (1.0, 1.0)
+    moved = shard.to(torch.device("cpu"))
+    assert (moved.n_rows, moved.n_pseudo) == (4, 2)
+    with pytest.raises(ValueError, match="distil_weighting"):
+        part_weights(type(shard)(*(shard.qa_input, shard.qa_target, shard.lm_input, shard.lm_target,
+                                   shard.is_pseudo)), True)
+
+
+def test_word_kd_weighting_over_two_ranks_equals_one_process(tok_ids, tiny_model):
+    """Two shards, each scaled by its share of the global denominators (as torchrun's ranks
+    are) and averaged, give the one-process loss, with and without the weighting."""
+    from l2kd.losses import LOSS_PARTS, loss_denominators
+    from l2kd.strategies.base import Shares
+
+    tok, ids = tok_ids
+    tiny_model.resize_token_embeddings(len(tok), mean_resizing=False)
+    tiny_model.eval()
+    torch.manual_seed(4)
+    teacher = type(tiny_model)(tiny_model.config).eval()
+    exs = [encode_example(tok, ids, f"inform({c})", "q?", ["x y" + " z" * i], "rnnlg.rest", 128, is_pseudo=c in "bef")
+           for i, c in enumerate("abcdef")]
+    w = token_weights(len(tok), ids, 5.0, torch.device("cpu"))
+    strat = WordKD(LAMOL())
+    strat.teacher = teacher
+    for weighting in (False, True):
+        cfg = TrainConfig(tasks=("rnnlg.rest",), data_dir=".", model_dir_root=".", temperature_kd=2.0,
+                          lm_lambda=0.25, distil=True, distil_weighting=weighting)
+        ctx = SimpleNamespace(cfg=cfg, setup=SimpleNamespace(losses=Losses()))
+        one, _ = strat.loss(ctx, tiny_model, collate(exs, ids), w)
+        # 1 of 3 and 2 of 3 rows replayed: only the whole batch's counts (3 of 6) give one process's weights
+        shards = [collate(exs[:3], ids, whole=exs), collate(exs[3:], ids, whole=exs)]
+        local = [loss_denominators(b, w) for b in shards]
+        total = local[0] + local[1]
+        ranks = [strat.loss(ctx, tiny_model, b, w, Shares(zip(LOSS_PARTS, (2 * d / total).tolist())))[0]
+                 for b, d in zip(shards, local)]
+        torch.testing.assert_close((ranks[0] + ranks[1]) / 2, one, rtol=1e-4, atol=1e-5)
+
+
+def test_distil_weighting_needs_distil_and_is_recorded_only_when_on():
+    from l2kd.run_identity import learning_config
+
+    base = dict(tasks=("rnnlg.rest",), data_dir=".", model_dir_root=".")
+    with pytest.raises(ValueError, match="--distil_weighting.*needs --distil"):
+        TrainConfig(**base, distil_weighting=True)
+    assert "distil_weighting" not in learning_config(TrainConfig(**base, distil=True))
+    assert learning_config(TrainConfig(**base, distil=True, distil_weighting=True))["distil_weighting"] is True
+
+
 def test_word_kd_replay_only_batch_runs_no_teacher(tok_ids, tiny_model):
     """A batch of replayed rows only is plain weighted CE, and the teacher is not run."""
     tok, ids = tok_ids
