@@ -64,6 +64,32 @@ def test_lm_lambda_reaches_every_run_and_keys_the_finished_cells(tmp_path):
     assert study.finished_cells(args) == {}  # another LM weight: run again
 
 
+def test_an_invocation_with_fewer_runs_keeps_the_others_records(tmp_path):
+    """study.json is what a later invocation resumes from: writing it for a subset of methods
+    keeps the runs the subset did not plan, and runs recorded under other settings stay apart."""
+    args = _args(tmp_path)
+    key = study.cell_key(args)
+    cell = lambda m, seed, k=key: {"order": "forward", "method": m, "seed": seed, "key": dict(k),  # noqa: E731
+                                   "matrix": [[1.0]], "average": 1.0, "tasks": ["rnnlg.rest"], "train_seconds": 1.0,
+                                   "test_seconds": 1.0, "replay": {}, "parse_rate": None, "teacher": {}}
+    stale = cell("lll", 1, {**key, "lr": 1.0})
+    study.write_study(args, [cell("lll", 1), cell("finetune", 1), cell("lll", 2)], [stale])
+    done, other = study.recorded_cells(args)
+    assert set(done) == {("forward", "lll", 1), ("forward", "finetune", 1), ("forward", "lll", 2)}
+    assert other == [stale]
+    plan = [("forward", "lll+word_kd@weighted", 1)]
+    new = cell("lll+word_kd@weighted", 1)
+    kept = study.cells_to_write([new], done, plan)
+    assert kept[0] is new and {(c["method"], c["seed"]) for c in kept} == {
+        ("lll+word_kd@weighted", 1), ("lll", 1), ("finetune", 1), ("lll", 2)}
+    study.write_study(args, kept, other)
+    again, other2 = study.recorded_cells(args)
+    assert len(again) == 4 and other2 == [stale]
+    changed = _args(tmp_path, lr=1.0)  # the stale run's settings: it is reused, the others become "other"
+    same, rest = study.recorded_cells(changed)
+    assert list(same) == [("forward", "lll", 1)] and len(rest) == 4
+
+
 def test_teacher_diagnostics_read_from_task_records(tmp_path):
     cfg = study.method_config("lll+word_kd", "forward", 1, _args(tmp_path))
     first = task_dir(run_dir_of(cfg), cfg.seq_train_type, cfg.tasks[0])

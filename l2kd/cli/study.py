@@ -338,16 +338,38 @@ def cell_key(args: argparse.Namespace) -> Dict[str, object]:
     return {k: getattr(args, k) for k in CELL_KEYS}
 
 
-def finished_cells(args: argparse.Namespace) -> Dict[Tuple[str, str, int], Dict[str, object]]:
-    """Runs a previous invocation recorded in ``<out>/study.json`` under the same settings."""
+CellId = Tuple[str, str, int]
+
+
+def recorded_cells(args: argparse.Namespace) -> Tuple[Dict[CellId, Dict[str, object]], List[Dict[str, object]]]:
+    """The runs ``<out>/study.json`` records: those under this invocation's settings, by
+    (order, method, seed), and the rest (recorded under other settings, kept as they are)."""
     try:
         with open(os.path.join(args.out, "study.json")) as f:
             old = json.load(f)
     except (OSError, ValueError):
-        return {}
+        return {}, []
     key = json.loads(json.dumps(cell_key(args)))
-    return {(c["order"], c["method"], c["seed"]): c for c in old.get("cells", [])
-            if probes.with_record_defaults(c.get("key", {})) == key}
+    same, other = {}, []
+    for c in old.get("cells", []) + old.get("other_settings_cells", []):
+        if probes.with_record_defaults(c.get("key", {})) == key and (c["order"], c["method"], c["seed"]) not in same:
+            same[(c["order"], c["method"], c["seed"])] = c
+        else:
+            other.append(c)
+    return same, other
+
+
+def finished_cells(args: argparse.Namespace) -> Dict[CellId, Dict[str, object]]:
+    """Runs a previous invocation recorded in ``<out>/study.json`` under the same settings."""
+    return recorded_cells(args)[0]
+
+
+def cells_to_write(plan_cells: List[Dict[str, object]], done: Dict[CellId, Dict[str, object]],
+                   plan: Sequence[CellId]) -> List[Dict[str, object]]:
+    """This invocation's runs, then the finished runs it did not plan (an invocation with fewer
+    methods or seeds keeps the others' records, which later invocations resume from)."""
+    planned = set(plan)
+    return list(plan_cells) + [c for k, c in done.items() if k not in planned]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -372,7 +394,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.probe:
         return run_probe(args)
     resolve_tasks_and_epochs(args)
-    done = finished_cells(args)
+    done, other_settings = recorded_cells(args)
+    if other_settings:
+        print(f"l2kd study: {len(other_settings)} run(s) in {os.path.join(args.out, 'study.json')} were recorded "
+              "under other settings: kept in it as other_settings_cells, not reused or summarised", flush=True)
     cells: List[Dict[str, object]] = []
     # seed-major: a study stopped early still has every method for the seeds it finished
     plan = [(o, m, s) for o in args.orders for s in args.seeds for m in args.methods]
@@ -391,12 +416,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rate = f", pseudo-samples parsed {100 * cell['parse_rate']:.0f}%" if cell["parse_rate"] is not None else ""
         print(f"  average {cell['average']:.1f}{rate}, trained {cell['train_seconds']:.0f} s, "
               f"tested {cell['test_seconds']:.0f} s", flush=True)
-        write_study(args, cells)
+        write_study(args, cells_to_write(cells, done, plan), other_settings)
         if args.prune_models:
             probes.prune_run(cell["run_dir"])
             # teachers keep model-finish (and config.json): all that later students load from them
             probes.prune_run(os.path.join(args.out, order), keep_finish=True)
-    write_study(args, cells)
+    write_study(args, cells_to_write(cells, done, plan), other_settings)
     print("\nwall time per method\n" + wall_time_table(cells))
     print(f"({time.time() - t_start:.0f} s in all)\n")
     from l2kd.cli.report import main as report_main
@@ -407,13 +432,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return report_main(dirs + ["--out", args.out] + ([] if args.plots else ["--no-plots"]))
 
 
-def write_study(args: argparse.Namespace, cells: List[Dict[str, object]]) -> None:
-    """``study.json`` (every run) and ``summary.json`` / ``summary.md`` (per method)."""
+def write_study(args: argparse.Namespace, cells: List[Dict[str, object]],
+                other_settings: Sequence[Dict[str, object]] = ()) -> None:
+    """``study.json`` (every run; runs recorded under other settings apart, unsummarised) and
+    ``summary.json`` / ``summary.md`` (per method)."""
     from l2kd.cli.study_summary import markdown, summarize
     from l2kd.io_utils import atomic_write_text
 
-    atomic_write_json(os.path.join(args.out, "study.json"),
-                      {"model_name": args.model_name, "cells": cells, "args": vars(args)})
+    record = {"model_name": args.model_name, "cells": cells, "args": vars(args)}
+    if other_settings:
+        record["other_settings_cells"] = list(other_settings)
+    atomic_write_json(os.path.join(args.out, "study.json"), record)
     rows = summarize(cells)
     atomic_write_json(os.path.join(args.out, "summary.json"), {"model_name": args.model_name, "rows": rows})
     atomic_write_text(os.path.join(args.out, "summary.md"), markdown(rows))
