@@ -290,6 +290,10 @@ class TrainConfig:
                                          "and the replayed rows' CE mean by their shares of the batch's examples "
                                          "(the original's weighting=True, which no flag of it reaches) instead of "
                                          "adding the two means", student_only=True, original=False)
+    distil_qa_only: bool = flag(False, "Word-KD with an LM loss (lll): distil the QA loss only; the LM loss stays "
+                                       "LAMOL's cross-entropy over all rows, so what the model generates after the "
+                                       "generation token is learnt from the data, not from the teacher",
+                                student_only=True, original=False)
     ref1: bool = flag(False, "Seq-KD: read the decoded answers from <task>_to_squad-ref1-v2.0.json instead of "
                              "...-distil-...", student_only=True)
     teacher_dir: str = flag("", "folder of the L2KD teachers (<dir>/<task>/model-finish); default: search where "
@@ -384,6 +388,8 @@ class TrainConfig:
             ("--temperature_kd", self.temperature_kd > 0, "must be > 0", self.temperature_kd),
             ("--distil_weighting", self.distil or not self.distil_weighting,
              "weights Word-KD's two parts, so it needs --distil", self.distil_weighting),
+            ("--distil_qa_only", self.distil or not self.distil_qa_only, "changes what Word-KD distils, so it needs "
+             "--distil", self.distil_qa_only),
             ("--tokens_weight", self.tokens_weight > 0, "must be > 0", self.tokens_weight),
             ("--weight_decay", self.weight_decay >= 0, "must be >= 0", self.weight_decay),
             ("--max_grad_norm", self.max_grad_norm >= 0, "must be >= 0", self.max_grad_norm),

@@ -34,7 +34,7 @@ def learning_config(cfg) -> Dict[str, object]:
     """The keys of ``cfg`` that define what a run learns, as plain JSON values."""
     d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_KEYS}
     d["lm_sampling"] = {k: v for k, v in d["lm_sampling"].items() if k not in keys_of(SamplingConfig, (RUNTIME,))}
-    for key in ("unbound", "distil_weighting"):  # recorded only when on: folders learnt before the flag existed
+    for key in ("unbound", "distil_weighting", "distil_qa_only"):  # recorded only when on: folders learnt before the flag existed
         if not d.get(key):  # stay reusable
             d.pop(key, None)
     return _jsonable(d)

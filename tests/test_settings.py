@@ -118,7 +118,7 @@ def test_every_flag_has_help_and_the_identity_sets_come_from_the_fields():
     assert RUNTIME_KEYS == keys_of(TrainConfig, (RUNTIME, TEST)) and "use_kernels" in RUNTIME_KEYS
     assert "learning_rate" not in RUNTIME_KEYS and "teacher_dir" not in RUNTIME_KEYS
     assert runtime_keys() == {"seed"} | keys_of(TrainConfig, (RUNTIME,))
-    assert set(_STUDENT_ONLY) == {"temperature_kd", "reg_lambda", "qp_margin", "reg_anchor", "ref1", "distil_weighting",
+    assert set(_STUDENT_ONLY) == {"temperature_kd", "reg_lambda", "qp_margin", "reg_anchor", "ref1", "distil_weighting", "distil_qa_only",
                                   "teacher_n_train_epochs", "teacher_learning_rate"}
 
 

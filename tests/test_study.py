@@ -48,6 +48,9 @@ def test_method_configs(tmp_path):
     w = study.method_config("lll+word_kd@weighted", "forward", 1, args)
     assert (w.distil, w.distil_weighting, t2.distil_weighting) == (True, True, False)
     assert w.teacher_root == t2.teacher_root and run_dir_of(w) != run_dir_of(t2)
+    q = study.method_config("lll+word_kd@qa_only", "forward", 1, args)
+    assert (q.distil, q.distil_qa_only, q.distil_weighting, t2.distil_qa_only) == (True, True, False, False)
+    assert q.teacher_root == t2.teacher_root and run_dir_of(q) != run_dir_of(t2)
 
 
 def test_lm_lambda_reaches_every_run_and_keys_the_finished_cells(tmp_path):

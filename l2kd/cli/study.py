@@ -88,6 +88,8 @@ METHODS: Dict[str, Tuple[str, Dict[str, object]]] = {
     # teachers trained for --long_teacher_epochs instead of --epochs (their own teacher folder)
     # the KD and the replayed rows' CE means weighted by their rows' shares of the batch, not added
     "lll+word_kd@weighted": ("lll", {"distil": True, "distil_weighting": True}),
+    # only the QA loss distilled; the LM loss (what is generated after __gen__) stays LAMOL's
+    "lll+word_kd@qa_only": ("lll", {"distil": True, "distil_qa_only": True}),
     "lll+word_kd@long_teacher": ("lll", {"distil": True, "long_teacher": True}),
     "lll+seq_kd": ("lll", {"seq_distil": True}),
     "lll+seq_kd_soft": ("lll", {"distil": True, "seq_distil": True}),

@@ -8,8 +8,8 @@ import statistics
 from typing import Dict, List, Optional, Sequence
 
 # the distilled methods that stand for L2KD in the verdict, and its two baselines
-L2KD_METHODS = ("lll+word_kd", "lll+word_kd@T1", "lll+word_kd@T4", "lll+word_kd@weighted", "lll+word_kd@long_teacher",
-                "lll+seq_kd", "lll+seq_kd_soft", "lll+word_kd+seq_kd")
+L2KD_METHODS = ("lll+word_kd", "lll+word_kd@T1", "lll+word_kd@T4", "lll+word_kd@weighted", "lll+word_kd@qa_only",
+                "lll+word_kd@long_teacher", "lll+seq_kd", "lll+seq_kd_soft", "lll+word_kd+seq_kd")
 
 
 def _stat(values: Sequence[Optional[float]]) -> Optional[Dict[str, float]]:

@@ -12,7 +12,9 @@ column, as the original does.
 The two means are added, as the original runs them; with ``--distil_weighting`` they are
 weighted by the current and replayed rows' shares of the batch's examples instead (the
 original's ``weighting`` branch), so that one replayed row in a batch of eight carries an eighth
-of the loss rather than half of it.
+of the loss rather than half of it. With ``--distil_qa_only`` only the QA loss is distilled: the
+LM loss stays LAMOL's single cross-entropy mean over all rows, so what follows the generation
+token is learnt from the data rather than from the teacher's softened distribution.
 
 Both parts go through the run's :class:`~l2kd.losses.Losses` (``ctx.setup.losses``): the KD
 rows through ``kd`` (both heads and the KD loss chunked over rows when the compiled kernel is
@@ -28,7 +30,7 @@ from transformers import PreTrainedModel
 from l2kd.data.qa_format import Batch, target_rows
 from l2kd.diagnostics import DIAGNOSTICS, diagnose_teacher
 from l2kd.distillation import ensure_teacher, load_teacher
-from l2kd.losses import Losses, select
+from l2kd.losses import Losses, head_ce, select
 from l2kd.strategies.base import ONE_PROCESS, Report, Shares, Strategy, TaskContext, TaskStart, Wrapper, merge_reports
 
 
@@ -78,6 +80,10 @@ class WordKD(Wrapper):
                         losses, (kd_w * shares.share("qa_kd"), ce_w * shares.share("qa_ce")))
         if not self.uses_lm_loss:
             return qa, {"qa_kd_loss": qa.detach()}
+        if ctx.cfg.distil_qa_only:
+            lm = head_ce(model, batch.lm_input, batch.lm_target, weight, losses=losses, rows=rows["lm"])
+            lm = lm * shares.share("lm")
+            return qa + ctx.cfg.lm_lambda * lm, {"qa_kd_loss": qa.detach(), "lm_loss": lm.detach()}
         lm = self._part(model, batch.lm_input, batch.lm_target, rows["lm_cur"], rows["lm_rep"], weight, ctx.cfg,
                         losses, (kd_w * shares.share("lm_kd"), ce_w * shares.share("lm_ce")))
         return qa + ctx.cfg.lm_lambda * lm, {"qa_kd_loss": qa.detach(), "lm_kd_loss": lm.detach()}

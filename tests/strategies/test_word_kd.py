@@ -94,6 +94,38 @@ def test_word_kd_weighting_formula(tok_ids, tiny_model, n_cur, n_pseudo):
         torch.testing.assert_close(summed, loss)
 
 
+def test_word_kd_qa_only_keeps_lamols_lm_loss(tok_ids, tiny_model):
+    """--distil_qa_only: the QA part is Word-KD's (KD on current rows + CE on replayed ones), the
+    LM part one weighted cross-entropy mean over every row, as LAMOL's; the teacher's LM
+    distribution is not used."""
+    tok, ids = tok_ids
+    tiny_model.resize_token_embeddings(len(tok), mean_resizing=False)
+    tiny_model.eval()
+    torch.manual_seed(5)
+    teacher = type(tiny_model)(tiny_model.config).eval()
+    exs = [encode_example(tok, ids, "inform(a)", "q?", ["x y z"], "rnnlg.rest", 128),
+           encode_example(tok, ids, "inform(b)", "q?", ["x"], "rnnlg.rest", 128),
+           encode_example(tok, ids, "inform(c)", "q?", ["w v"], "rnnlg.rest", 128, is_pseudo=True)]
+    b = collate(exs, ids)
+    w = token_weights(len(tok), ids, 5.0, torch.device("cpu"))
+    strat = WordKD(LAMOL())
+    strat.teacher = teacher
+    cfg = TrainConfig(tasks=("rnnlg.rest",), data_dir=".", model_dir_root=".", temperature_kd=2.0, lm_lambda=0.25,
+                      distil=True, distil_qa_only=True)
+    loss, parts = strat.loss(SimpleNamespace(cfg=cfg, setup=SimpleNamespace(losses=Losses())), tiny_model, b, w)
+    s_qa, t_qa = tiny_model(b.qa_input).logits, teacher(b.qa_input).logits
+    m = b.qa_target != -1
+    cur, rep = m & ~b.is_pseudo[:, None], m & b.is_pseudo[:, None]
+    qa = _original_kd(s_qa[cur], t_qa[cur], 2.0) + F.cross_entropy(s_qa[rep], b.qa_target[rep], weight=w)
+    lm_m = b.lm_target != -1
+    lm = F.cross_entropy(tiny_model(b.lm_input).logits[lm_m], b.lm_target[lm_m], weight=w)
+    torch.testing.assert_close(loss, qa + 0.25 * lm, rtol=1e-4, atol=1e-5)
+    assert set(parts) == {"qa_kd_loss", "lm_loss"}
+    full, _ = strat.loss(SimpleNamespace(cfg=TrainConfig(**{**cfg.__dict__, "distil_qa_only": False}),
+                                         setup=SimpleNamespace(losses=Losses())), tiny_model, b, w)
+    assert abs(full.item() - loss.item()) > 1e-3  # distilling the LM loss too is another loss
+
+
 def test_word_kd_weighting_counts_the_whole_batch(tok_ids):
     """Under torchrun a rank's shard records the whole batch's rows: the weights are global, as
     the original's (one process over the whole batch) are."""
@@ -142,12 +174,16 @@ def test_word_kd_weighting_over_two_ranks_equals_one_process(tok_ids, tiny_model
         torch.testing.assert_close((ranks[0] + ranks[1]) / 2, one, rtol=1e-4, atol=1e-5)
 
 
-def test_distil_weighting_needs_distil_and_is_recorded_only_when_on():
+def test_distil_variants_need_distil_and_are_recorded_only_when_on():
     from l2kd.run_identity import learning_config
 
     base = dict(tasks=("rnnlg.rest",), data_dir=".", model_dir_root=".")
     with pytest.raises(ValueError, match="--distil_weighting.*needs --distil"):
         TrainConfig(**base, distil_weighting=True)
+    with pytest.raises(ValueError, match="--distil_qa_only.*needs --distil"):
+        TrainConfig(**base, distil_qa_only=True)
+    assert "distil_qa_only" not in learning_config(TrainConfig(**base, distil=True))
+    assert learning_config(TrainConfig(**base, distil=True, distil_qa_only=True))["distil_qa_only"] is True
     assert "distil_weighting" not in learning_config(TrainConfig(**base, distil=True))
     assert learning_config(TrainConfig(**base, distil=True, distil_weighting=True))["distil_weighting"] is True
 
