@@ -24,6 +24,9 @@ from l2kd.config import RUNTIME, TEST, SamplingConfig, TrainConfig, keys_of
 # from the config fields' metadata.
 RUNTIME_KEYS = keys_of(TrainConfig, (RUNTIME, TEST))
 DISCARD_FLAG = "--discard_stale"
+# Flags added after run folders were learnt without them: recorded only when on, so that those
+# folders (whose identities lack the key) stay reusable.
+RECORDED_WHEN_ON = ("unbound", "distil_weighting", "distil_qa_only")
 
 
 def _jsonable(value):
@@ -34,8 +37,8 @@ def learning_config(cfg) -> Dict[str, object]:
     """The keys of ``cfg`` that define what a run learns, as plain JSON values."""
     d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_KEYS}
     d["lm_sampling"] = {k: v for k, v in d["lm_sampling"].items() if k not in keys_of(SamplingConfig, (RUNTIME,))}
-    for key in ("unbound", "distil_weighting", "distil_qa_only"):  # recorded only when on: folders learnt before the flag existed
-        if not d.get(key):  # stay reusable
+    for key in RECORDED_WHEN_ON:
+        if not d.get(key):
             d.pop(key, None)
     return _jsonable(d)
 

@@ -354,8 +354,9 @@ def recorded_cells(args: argparse.Namespace) -> Tuple[Dict[CellId, Dict[str, obj
     key = json.loads(json.dumps(cell_key(args)))
     same, other = {}, []
     for c in old.get("cells", []) + old.get("other_settings_cells", []):
-        if probes.with_record_defaults(c.get("key", {})) == key and (c["order"], c["method"], c["seed"]) not in same:
-            same[(c["order"], c["method"], c["seed"])] = c
+        cid = (c["order"], c["method"], c["seed"])
+        if probes.with_record_defaults(c.get("key", {})) == key and cid not in same:
+            same[cid] = c
         else:
             other.append(c)
     return same, other
