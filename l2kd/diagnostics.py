@@ -8,27 +8,35 @@ in the task's ``l2kd_task.json`` (under ``teacher_diagnostics``):
 * the mean entropy (nats) and mean top-1 probability of the teacher's soft targets
   ``softmax(logits / --temperature_kd)`` on the training answer positions, the positions the
   Word-KD loss uses, and the mean probability of the gold token there.
+* when the student replays (``--seq_train_type lll``): the pseudo-samples the teacher itself
+  writes after its generation token, as many as LAMOL generates before the next task, with the
+  run's LM sampling, and how many of them parse. Word-KD distils the teacher's LM distribution
+  too, so a teacher that does not write its own task there cannot teach the student to replay it.
 
 It warns (``logging.warning``) when the targets are close to uniform (entropy over ``log V``
 at least :data:`NEAR_UNIFORM`): distilling them teaches the student almost nothing, which is
-what a randomly initialised tiny teacher gives; and when the teacher scores below the student.
+what a randomly initialised tiny teacher gives; when the teacher scores below the student; and
+when fewer than half of the teacher's own pseudo-samples parse.
 """
 from __future__ import annotations
 
 import logging
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from l2kd.config import TrainConfig
-from l2kd.data.qa_format import IGNORE, Encoded, collate
+from l2kd.config import SamplingConfig, TrainConfig
+from l2kd.data.qa_format import IGNORE, Encoded, collate, pseudo_from_ids
+from l2kd.generation import generate
 from l2kd.losses import hidden_states
+from l2kd.replay import n_pseudo, pseudo_len
 from l2kd.tokenizer import SpecialIds
 
 log = logging.getLogger("l2kd")
 DIAGNOSTICS = "teacher_diagnostics"  # key of the record in the task summary (l2kd_task.json)
 NEAR_UNIFORM = 0.9  # entropy / log(V) at or above this: the soft targets are close to uniform
+POOR_PARSE = 0.5  # a teacher whose own pseudo-samples parse less often than this is warned about
 MAX_TRAIN_EXAMPLES = 256  # training examples the soft-target statistics are measured on (cost bound)
 ROW_CHUNK = 256  # answer positions per [chunk, V] logits block
 
@@ -73,6 +81,26 @@ def soft_target_stats(model, examples: Sequence[Encoded], ids: SpecialIds, tempe
             "gold_prob": gold_sum / n}
 
 
+@torch.no_grad()
+def teacher_pseudo_samples(teacher, tok, ids: SpecialIds, task: str, n: int, max_len: int,
+                           sampling: SamplingConfig, seed: int) -> Dict[str, object]:
+    """``n`` sequences the teacher writes after ``task``'s generation token (up to ``max_len``
+    tokens with it), parsed as LAMOL parses the student's pseudo-samples. ``tok`` and ``ids`` are
+    the teacher's own: its vocabulary holds only its task's tokens. Sampling uses its own
+    generator seeded with ``seed``, so the run's random streams are untouched. Returns
+    ``generated``, ``parsed`` and the decoded ``texts``."""
+    device = next(teacher.parameters()).device
+    prompts = [[ids.gen[task]] for _ in range(n)]
+    was = teacher.training
+    teacher.eval()
+    new = generate(teacher, prompts, [max_len - 1] * n, ids.eos, ids.pad, sampling,
+                   torch.Generator(device=device).manual_seed(seed), task=f"the {task} teacher's pseudo-samples")
+    teacher.train(was)
+    seqs = [p + q for p, q in zip(prompts, new)]
+    parsed, _ = pseudo_from_ids(seqs, ids, {ids.gen[task]: task}, max_len)
+    return {"generated": n, "parsed": len(parsed), "texts": [tok.decode(q) for q in seqs]}
+
+
 def diagnostic_warnings(task: str, diag: Dict[str, object], near_uniform: float = NEAR_UNIFORM) -> List[str]:
     """The warnings ``diag`` (a :func:`diagnose_teacher` record) calls for: soft targets close
     to uniform, a teacher scoring below the student. Pure, so the thresholds are testable."""
@@ -90,15 +118,23 @@ def diagnostic_warnings(task: str, diag: Dict[str, object], near_uniform: float 
     if t is not None and s is not None and t < s:
         out.append(f"[{task}] the teacher scores below the student's current model on this task "
                    f"({t:.1f} vs {s:.1f}): distilling from it can only pull the student down")
+    own = diag.get("teacher_pseudo")
+    if isinstance(own, dict) and own.get("generated") and own["parsed"] < POOR_PARSE * own["generated"]:
+        out.append(f"[{task}] of the {own['generated']} pseudo-samples the teacher itself writes after the "
+                   f"generation token, only {own['parsed']} parse: Word-KD distils that generation into the "
+                   "student, which then replays this task poorly (--distil_qa_only keeps LAMOL's LM loss)")
     return out
 
 
 def diagnose_teacher(teacher, student, tok, ids: SpecialIds, cfg: TrainConfig, task: str,
-                     train_examples: Sequence[Encoded], max_len: int) -> Dict[str, object]:
+                     train_examples: Sequence[Encoded], max_len: int,
+                     teacher_vocab: Tuple[object, SpecialIds]) -> Dict[str, object]:
     """Score the teacher and the student on ``task``'s test examples, measure the teacher's soft
-    targets on ``train_examples``, log the figures and the warnings; returns the record.
+    targets on ``train_examples`` and, when the student replays, the teacher's own pseudo-samples
+    (``teacher_vocab``: the teacher's tokenizer and special ids); log the figures and the
+    warnings; returns the record.
 
-    Decoding uses its own seeded generator, so the run's random streams are the same with or
+    Decoding uses its own seeded generators, so the run's random streams are the same with or
     without these diagnostics."""
     from l2kd.data.loading import load_task_examples
     from l2kd.evaluate import evaluate_task
@@ -118,6 +154,14 @@ def diagnose_teacher(teacher, student, tok, ids: SpecialIds, cfg: TrainConfig, t
              "mean top-1 %.4f, gold-token %.4f", task, scores["teacher"], scores["student"], len(test),
              cfg.temperature_kd, soft["positions"], soft["entropy"], 100 * soft["entropy_fraction"],
              soft["log_vocab"], soft["top1"], soft["gold_prob"])
+    n = n_pseudo(cfg.gen_lm_sample_percentage, len(train_examples), 1) if cfg.seq_train_type == "lll" else 0
+    if n:
+        t_tok, t_ids = teacher_vocab
+        own = teacher_pseudo_samples(teacher, t_tok, t_ids, task, n, pseudo_len(cfg.max_gen_len, max_len),
+                                     cfg.lm_sampling, cfg.seed)
+        diag["teacher_pseudo"] = own
+        log.info("[%s] the teacher's own pseudo-samples: %d of %d parse; e.g. %r", task, own["parsed"], n,
+                 own["texts"][0][:120])
     diag["warnings"] = diagnostic_warnings(task, diag)
     for w in diag["warnings"]:
         log.warning("%s", w)

@@ -28,9 +28,10 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
+from transformers import PreTrainedTokenizer
 
 from l2kd.checkpoint import load_task_model
 from l2kd.config import SamplingConfig, TrainConfig, keys_of
@@ -43,7 +44,7 @@ from l2kd.io_utils import atomic_write_json
 from l2kd.layout import TASK_RECORD, model_tag, run_dir
 from l2kd.model import context_length, model_from_task_dir
 from l2kd.run_identity import differences, learning_config, read_task_identity
-from l2kd.tokenizer import add_special_tokens, load_base_tokenizer
+from l2kd.tokenizer import SpecialIds, add_special_tokens, load_base_tokenizer
 
 log = logging.getLogger("l2kd")
 TEACHER_PCT = 0.2  # the original's teacher folder name hard-codes 0.2
@@ -114,6 +115,13 @@ def load_teacher(tdir: str, device: torch.device) -> torch.nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def teacher_vocabulary(cfg: TrainConfig, task: str) -> Tuple[PreTrainedTokenizer, SpecialIds]:
+    """The tokenizer and special ids ``task``'s teacher was trained with (the base's, plus the
+    tokens of its one task): its generation token may sit elsewhere than the student's."""
+    tok = load_base_tokenizer(cfg.model_name)
+    return tok, add_special_tokens(tok, [task], cfg.add_task_tokens, cfg.use_sep)
 
 
 def teacher_fingerprint(teacher_dir: str) -> Dict[str, object]:
@@ -187,8 +195,7 @@ def ensure_distil_data(cfg: TrainConfig, task: str, device: torch.device, train_
     raw = load_squad_file(task_file(cfg.data_dir, task, "train"), task)
     if cfg.max_train_examples:
         raw = raw[: cfg.max_train_examples]
-    tok = load_base_tokenizer(cfg.model_name)
-    ids = add_special_tokens(tok, [task], cfg.add_task_tokens, cfg.use_sep)
+    tok, ids = teacher_vocabulary(cfg, task)
     teacher = load_teacher(teacher_dir, device)
     max_len = context_length(teacher)
     enc = [encode_example(tok, ids, ex.context, ex.question, ex.answers, task, max_len) for ex in raw]

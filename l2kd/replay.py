@@ -54,6 +54,11 @@ def n_pseudo(pct: float, train_size: int, n_prev: int) -> int:
     return n - n % n_prev if n_prev else 0
 
 
+def pseudo_len(max_gen_len: int, max_len: int) -> int:
+    """Length cap of a pseudo-sample in tokens: ``--max_gen_len`` when set, else the context."""
+    return min(max_len, max_gen_len) if max_gen_len > 0 else max_len
+
+
 def write_lm_csv(path: str, texts: Sequence[str]) -> None:
     """``lm.csv`` as the original: header ``gen``, one sequence per row (written atomically)."""
     import io

@@ -10,7 +10,10 @@ import torch
 
 from l2kd.config import SamplingConfig, TrainConfig
 from l2kd.data.qa_format import IGNORE, collate, encode_example
-from l2kd.diagnostics import NEAR_UNIFORM, diagnose_teacher, diagnostic_warnings, soft_target_stats
+from l2kd import diagnostics
+from l2kd.diagnostics import (NEAR_UNIFORM, POOR_PARSE, diagnose_teacher, diagnostic_warnings, soft_target_stats,
+                              teacher_pseudo_samples)
+from l2kd.tokenizer import add_special_tokens
 
 
 def _examples(tok, ids):
@@ -92,10 +95,81 @@ def test_diagnose_teacher_warns_on_a_random_teacher(tok_ids, tiny_model, data_di
                       qa_sampling=SamplingConfig(top_k=1), temperature_kd=2.0)
     rng = torch.get_rng_state()
     with caplog.at_level(logging.INFO, logger="l2kd"):
-        diag = diagnose_teacher(teacher, tiny_model, tok, ids, cfg, "rnnlg.rest", _examples(tok, ids), 128)
+        diag = diagnose_teacher(teacher, tiny_model, tok, ids, cfg, "rnnlg.rest", _examples(tok, ids), 128,
+                                teacher_vocab=(tok, ids))
     assert torch.equal(rng, torch.get_rng_state())  # the run's random stream is untouched
     assert diag["test_examples"] == 2 and 0 <= diag["teacher_score"] <= 100 and 0 <= diag["student_score"] <= 100
     assert diag["soft_targets"]["entropy_fraction"] > 0.99  # a random init is near uniform
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("close to uniform" in m for m in warned)
     assert any("teacher diagnostics" in r.getMessage() for r in caplog.records if r.levelno == logging.INFO)
+    # the student replays (lll, 5% of 3 examples): one pseudo-sample of the teacher's own, which a random
+    # init does not write well-formed
+    own = diag["teacher_pseudo"]
+    assert (own["generated"], own["parsed"], len(own["texts"])) == (1, 0, 1)
+    assert own["texts"][0].strip().startswith("__gen__")
+    assert any("pseudo-samples the teacher itself writes" in m and "only 0 parse" in m for m in warned)
+
+
+def test_teacher_pseudo_warning_threshold():
+    def diag(parsed, generated=32):
+        return dict(_diag(0.2), teacher_pseudo={"generated": generated, "parsed": parsed, "texts": []})
+
+    assert diagnostic_warnings("t", diag(16)) == []  # exactly half is not below
+    (w,) = diagnostic_warnings("t", diag(15))
+    assert "of the 32 pseudo-samples" in w and "only 15 parse" in w and "--distil_qa_only" in w
+    assert diagnostic_warnings("t", diag(0, generated=0)) == []
+    assert POOR_PARSE == 0.5
+
+
+def test_the_teachers_own_samples_start_with_its_own_generation_token(base_tok, monkeypatch):
+    """With task tokens the teacher's generation token is not the student's: the teacher is
+    prompted with its own, and its samples are parsed and decoded with its own vocabulary."""
+    import copy
+
+    student_tok, teacher_tok = copy.deepcopy(base_tok), copy.deepcopy(base_tok)
+    s_ids = add_special_tokens(student_tok, ["e2enlg", "rnnlg.rest"], add_task_tokens=True, use_sep=False)
+    t_ids = add_special_tokens(teacher_tok, ["rnnlg.rest"], add_task_tokens=True, use_sep=False)
+    assert t_ids.gen["rnnlg.rest"] != s_ids.gen["rnnlg.rest"]
+    good = teacher_tok.encode("inform(name=x) what is it?") + [t_ids.ans] + teacher_tok.encode(" x")
+    bad = teacher_tok.encode("inform(name=x) what is it? x")
+    seen = {}
+
+    def fake_generate(model, prompts, max_new, eos, pad, sampling, generator, **kw):
+        seen.update(prompts=prompts, max_new=max_new, eos=eos, top_k=sampling.top_k, state=generator.get_state())
+        return [good, bad, good][: len(prompts)]
+
+    monkeypatch.setattr(diagnostics, "generate", fake_generate)
+    teacher = torch.nn.Linear(2, 2)
+    teacher.train()
+    own = teacher_pseudo_samples(teacher, teacher_tok, t_ids, "rnnlg.rest", 3, 40, SamplingConfig(top_k=20), 7)
+    assert seen["prompts"] == [[t_ids.gen["rnnlg.rest"]]] * 3 and seen["max_new"] == [39] * 3
+    assert (seen["eos"], seen["top_k"]) == (t_ids.eos, 20)
+    assert torch.equal(seen["state"], torch.Generator().manual_seed(7).get_state())  # its own seeded generator
+    assert (own["generated"], own["parsed"]) == (3, 2)
+    assert own["texts"][0] == teacher_tok.decode([t_ids.gen["rnnlg.rest"]] + good)
+    assert teacher.training  # left in the mode it was found in
+
+
+@pytest.mark.parametrize("seq_train_type, pct, max_gen_len, expect", [
+    ("lll", 0.5, 0, (2, 127)), ("lll", 0.5, 20, (2, 19)), ("lll", 0.0, 0, None), ("finetune", 0.5, 0, None)])
+def test_the_teachers_own_samples_only_where_the_student_replays(tok_ids, tiny_model, data_dir, monkeypatch,
+                                                                  seq_train_type, pct, max_gen_len, expect):
+    """As many as LAMOL generates before the next task (``pct`` of the training examples), capped
+    at ``--max_gen_len``; none for a strategy that does not replay."""
+    tok, ids = tok_ids
+    tiny_model.resize_token_embeddings(len(tok), mean_resizing=False)
+    calls = []
+
+    def fake(teacher, t_tok, t_ids, task, n, max_len, sampling, seed):
+        calls.append((n, max_len - 1))
+        return {"generated": n, "parsed": n, "texts": ["x"] * n}
+
+    monkeypatch.setattr(diagnostics, "teacher_pseudo_samples", fake)
+    cfg = TrainConfig(tasks=("rnnlg.rest",), data_dir=data_dir, model_dir_root=".", max_test_examples=1,
+                      qa_sampling=SamplingConfig(top_k=1), seq_train_type=seq_train_type,
+                      gen_lm_sample_percentage=pct, max_gen_len=max_gen_len)
+    diag = diagnose_teacher(tiny_model, tiny_model, tok, ids, cfg, "rnnlg.rest", _examples(tok, ids), 128,
+                            teacher_vocab=(tok, ids))
+    assert calls == ([expect] if expect else [])
+    assert ("teacher_pseudo" in diag) == bool(expect)

@@ -163,6 +163,10 @@ def test_train_and_test_every_strategy(tmp_path, bases, data, family, strategy):
     if extra.get("distil"):
         diag = summary["tasks"][TASKS[0]]["teacher_diagnostics"]
         assert 0 < diag["soft_targets"]["entropy_fraction"] <= 1 and math.isfinite(diag["teacher_score"])
+        if seq_type == "lll":  # the teacher's own pseudo-samples, decoded with the family's own tokenizer
+            own = diag["teacher_pseudo"]
+            assert own["generated"] == len(own["texts"]) == summary["tasks"][TASKS[1]]["replay"]["generated"]
+            assert all(t.strip().startswith("__gen__") for t in own["texts"])
         assert os.path.isdir(os.path.join(str(tmp_path), "teachers", family))
     if extra.get("seq_distil"):
         assert any(f.endswith("_to_squad-distil-v2.0.json") for d, _, fs in os.walk(tmp_path) for f in fs) or \

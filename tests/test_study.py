@@ -51,6 +51,9 @@ def test_method_configs(tmp_path):
     q = study.method_config("lll+word_kd@qa_only", "forward", 1, args)
     assert (q.distil, q.distil_qa_only, q.distil_weighting, t2.distil_qa_only) == (True, True, False, False)
     assert q.teacher_root == t2.teacher_root and run_dir_of(q) != run_dir_of(t2)
+    qw = study.method_config("lll+word_kd@qa_only_weighted", "forward", 1, args)
+    assert (qw.distil, qw.distil_qa_only, qw.distil_weighting) == (True, True, True)
+    assert qw.teacher_root == t2.teacher_root and len({run_dir_of(qw), run_dir_of(q), run_dir_of(w)}) == 3
 
 
 def test_lm_lambda_reaches_every_run_and_keys_the_finished_cells(tmp_path):

@@ -84,3 +84,42 @@ def test_summary_means_the_mix_over_seeds_and_shows_it_in_the_stage_table():
     rows = study_summary.summarize([cell(1, {"c": {"a": 1, "b": 3, "other": 0}}), cell(2, {"c": {"a": 2, "b": 0}})])
     assert rows[0]["replay_mix"] == {"c": {"a": 1.5, "b": 1.5, "other": 0.0}}
     assert "| before c: a 1.5, b 1.5, other 0 |" in study_summary.markdown(rows)
+
+
+def test_the_teachers_own_samples_are_counted_against_their_task(tmp_path):
+    """The study keeps the counts of a teacher's own pseudo-samples (not their texts), with those
+    whose question is one of the teacher's task's training questions."""
+    from l2kd.diagnostics import DIAGNOSTICS
+    from l2kd.layout import TASK_RECORD
+
+    os.makedirs(tmp_path / "data")
+    _squad(tmp_path / "data" / "rnnlg.rest_to_squad-train-v2.0.json", ["what is the natural language form?"])
+    args = study.parse_args(["--out", str(tmp_path / "out"), "--tasks", "rnnlg.rest", "rnnlg.hotel",
+                             "--data_dir", str(tmp_path / "data")])
+    cfg = study.method_config("lll+word_kd", "forward", 1, args)
+    first = task_dir(run_dir_of(cfg), cfg.seq_train_type, "rnnlg.rest")
+    os.makedirs(first)
+    texts = ["__gen__ inform(x) What is the natural language form? __ans__ x", "__gen__ what is it? __ans__ y",
+             "__gen__ no marker"]
+    with open(os.path.join(first, TASK_RECORD), "w") as f:
+        json.dump({DIAGNOSTICS: {"teacher_score": 50.0, "teacher_pseudo": {"generated": 3, "parsed": 2,
+                                                                             "texts": texts}}}, f)
+    got = study.teacher_diagnostics(cfg)["rnnlg.rest"]
+    assert got == {"teacher_score": 50.0, "teacher_pseudo": {"generated": 3, "parsed": 2, "own_task": 1}}
+
+
+def test_summary_shows_the_teachers_own_samples_only_when_recorded():
+    def cell(seed, teacher):
+        return {"method": "lll+word_kd", "order": "forward", "seed": seed, "tasks": ["a", "b"],
+                "matrix": [[1.0] * 2] * 2, "average": 1.0, "teacher": teacher, "train_seconds": 1.0,
+                "test_seconds": 1.0}
+    own = {"a": {"teacher_pseudo": {"generated": 4, "parsed": 3, "own_task": 2}},
+           "b": {"teacher_pseudo": {"generated": 4, "parsed": 1, "own_task": 0}}}
+    rows = study_summary.summarize([cell(1, own), cell(2, {"a": {"teacher_pseudo": {"generated": 4, "parsed": 4,
+                                                                                     "own_task": 4}}})])
+    assert rows[0]["teacher_samples"] == {"a": {"generated": 4.0, "parsed": 3.5, "own_task": 3.0},
+                                          "b": {"generated": 4.0, "parsed": 1.0, "own_task": 0.0}}
+    md = study_summary.markdown(rows)
+    assert "The teachers' own pseudo-samples" in md and "| lll+word_kd | 2 | 3.5 / 3 / 4 | 1 / 0 / 4 |" in md
+    without = study_summary.summarize([cell(1, {"a": {"teacher_score": 1}})])
+    assert "teachers' own" not in study_summary.markdown(without)

@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from l2kd.bases import BaseUnavailable, ensure_packaged_base, is_packaged_base
 from l2kd.cli import study_probes as probes
 from l2kd.cli.device_flags import add_device_flags
-from l2kd.cli.study_replay import replay_mix
+from l2kd.cli.study_replay import replay_mix, teacher_own_samples
 from l2kd.config import SamplingConfig, TrainConfig
 from l2kd.data import bundled_data_dir
 from l2kd.diagnostics import DIAGNOSTICS
@@ -85,11 +85,13 @@ METHODS: Dict[str, Tuple[str, Dict[str, object]]] = {
     # the same teachers distilled at other temperatures (the study's --temperature_kd is the default's)
     "lll+word_kd@T1": ("lll", {"distil": True, "temperature_kd": 1.0}),
     "lll+word_kd@T4": ("lll", {"distil": True, "temperature_kd": 4.0}),
-    # teachers trained for --long_teacher_epochs instead of --epochs (their own teacher folder)
     # the KD and the replayed rows' CE means weighted by their rows' shares of the batch, not added
     "lll+word_kd@weighted": ("lll", {"distil": True, "distil_weighting": True}),
     # only the QA loss distilled; the LM loss (what is generated after __gen__) stays LAMOL's
     "lll+word_kd@qa_only": ("lll", {"distil": True, "distil_qa_only": True}),
+    # both: the QA loss distilled with the rows weighted, the LM loss LAMOL's
+    "lll+word_kd@qa_only_weighted": ("lll", {"distil": True, "distil_qa_only": True, "distil_weighting": True}),
+    # teachers trained for --long_teacher_epochs instead of --epochs (their own teacher folder)
     "lll+word_kd@long_teacher": ("lll", {"distil": True, "long_teacher": True}),
     "lll+seq_kd": ("lll", {"seq_distil": True}),
     "lll+seq_kd_soft": ("lll", {"distil": True, "seq_distil": True}),
@@ -137,7 +139,8 @@ def method_config(method: str, order: str, seed: int, args: argparse.Namespace) 
 
 
 def teacher_diagnostics(cfg: TrainConfig) -> Dict[str, object]:
-    """The teacher diagnostics recorded for every task of a finished distilled run (empty when none)."""
+    """The teacher diagnostics recorded for every task of a finished distilled run (empty when none),
+    the teacher's own pseudo-samples reduced to their counts (:func:`teacher_own_samples`)."""
     out: Dict[str, object] = {}
     rdir = run_dir_of(cfg)
     for task in cfg.tasks:
@@ -148,7 +151,9 @@ def teacher_diagnostics(cfg: TrainConfig) -> Dict[str, object]:
         except (OSError, ValueError):
             continue
         if isinstance(rec, dict) and rec.get(DIAGNOSTICS):
-            out[task] = rec[DIAGNOSTICS]
+            out[task] = diag = dict(rec[DIAGNOSTICS])
+            if isinstance(diag.get("teacher_pseudo"), dict):
+                diag["teacher_pseudo"] = teacher_own_samples(diag["teacher_pseudo"], task, cfg.data_dir)
     return out
 
 

@@ -4,8 +4,9 @@ With one shared generation token the model decides by itself which task a pseudo
 to, and a student that stops generating one task never replays it. The study attributes every
 sample in a run's ``lm.csv`` files by its question: the text before ``__ans__`` ends with one of
 an earlier task's training questions (case and spacing ignored). Samples without ``__ans__`` or
-with a question of no earlier task count as ``other``. A diagnostic only: training never reads
-the old tasks' data.
+with a question of no earlier task count as ``other``. The teachers' own pseudo-samples (recorded
+by the teacher diagnostics) are attributed the same way, to their one task. A diagnostic only:
+training never reads the old tasks' data.
 """
 from __future__ import annotations
 
@@ -66,3 +67,12 @@ def replay_mix(rdir_task: Callable[[str], str], tasks: Sequence[str], data_dir: 
             continue
         out[tasks[i]] = attribute(samples, dict(questions))
     return out
+
+
+def teacher_own_samples(record: Dict[str, object], task: str, data_dir: str) -> Dict[str, int]:
+    """The counts of a teacher's own pseudo-samples (a ``teacher_pseudo`` record of the teacher
+    diagnostics): ``generated``, ``parsed`` and ``own_task``, those whose question is one of
+    ``task``'s training questions."""
+    texts = [str(t) for t in record.get("texts") or []]
+    return {"generated": int(record.get("generated", len(texts))), "parsed": int(record.get("parsed", 0)),
+            "own_task": attribute(texts, {task: training_questions(data_dir, task)})[task]}

@@ -9,7 +9,8 @@ from typing import Dict, List, Optional, Sequence
 
 # the distilled methods that stand for L2KD in the verdict, and its two baselines
 L2KD_METHODS = ("lll+word_kd", "lll+word_kd@T1", "lll+word_kd@T4", "lll+word_kd@weighted", "lll+word_kd@qa_only",
-                "lll+word_kd@long_teacher", "lll+seq_kd", "lll+seq_kd_soft", "lll+word_kd+seq_kd")
+                "lll+word_kd@qa_only_weighted", "lll+word_kd@long_teacher", "lll+seq_kd", "lll+seq_kd_soft",
+                "lll+word_kd+seq_kd")
 
 
 def _stat(values: Sequence[Optional[float]]) -> Optional[Dict[str, float]]:
@@ -42,6 +43,14 @@ def teacher_entropy(cells: Sequence[dict]) -> Optional[float]:
          if isinstance(d, dict) and isinstance(d.get("soft_targets"), dict)
          and d["soft_targets"].get("entropy_fraction") is not None]
     return statistics.fmean(v) if v else None
+
+
+def teacher_samples(cells: Sequence[dict]) -> Dict[str, Dict[str, float]]:
+    """task -> mean counts (generated, parsed, own_task) of the teachers' own pseudo-samples over
+    the cells whose diagnostics recorded them."""
+    return per_task_means([{"own": {t: d["teacher_pseudo"] for t, d in (c.get("teacher") or {}).items()
+                                    if isinstance(d, dict) and isinstance(d.get("teacher_pseudo"), dict)}}
+                           for c in cells], "own")
 
 
 def stage_matrix(cells: Sequence[dict]) -> Optional[List[List[float]]]:
@@ -91,6 +100,7 @@ def summarize(cells: Sequence[dict]) -> List[Dict[str, object]]:
             "stages": stage_matrix(cs),
             "replay": per_task_means(cs, "replay"),
             "replay_mix": per_task_means(cs, "replay_mix"),
+            "teacher_samples": teacher_samples(cs),
         })
     return rows
 
@@ -136,6 +146,23 @@ def stage_markdown(rows: Sequence[Dict[str, object]]) -> List[str]:
     return out + [""]
 
 
+def teacher_samples_markdown(rows: Sequence[Dict[str, object]]) -> List[str]:
+    """Lines of the table of the teachers' own pseudo-samples (empty when no row recorded them)."""
+    rs = [r for r in rows if r.get("teacher_samples")]
+    if not rs:
+        return []
+    tasks = rs[0]["tasks"]
+    out = ["The teachers' own pseudo-samples, written after the generation token with the run's LM sampling "
+           "(each cell: parsed / imitating the teacher's task by their question / generated, means over seeds):",
+           "", "| method | seeds | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 2) + "|"]
+    for r in rs:
+        own = r["teacher_samples"]
+        cells = [f"{own[t]['parsed']:.3g} / {own[t]['own_task']:.3g} / {own[t]['generated']:.3g}" if t in own else "-"
+                 for t in tasks]
+        out.append(f"| {r['method']} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
 def markdown(rows: Sequence[Dict[str, object]]) -> str:
     """The summary as markdown tables (one per order) with the verdicts."""
     out: List[str] = []
@@ -153,7 +180,7 @@ def markdown(rows: Sequence[Dict[str, object]]) -> str:
             out.append(f"| {r['method']} | {len(r['seeds'])} | " + " | ".join(finals) + f" | {_fmt(r['average'])} | "
                        f"{_fmt(r['backward_transfer'])} | {_fmt(r['forgetting'])} | {_fmt(r['just_learnt'])} | "
                        f"{_fmt(r['parse_rate'], pct=True)} | {teach} | {ent} | {_fmt(r['seconds'])} |")
-        out += ["", verdict(rows, order), ""] + stage_markdown(rs)
+        out += ["", verdict(rows, order), ""] + stage_markdown(rs) + teacher_samples_markdown(rs)
     out.append("Final score per task after the last task, 0-100, mean ± std over seeds; avg = their mean; BWT = "
                "backward transfer; forget = forgetting; just learnt = mean score on each task right after learning "
                "it; parse rate = share of LAMOL's pseudo-samples that parsed (all tasks); teachers = mean teacher "

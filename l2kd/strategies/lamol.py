@@ -7,7 +7,7 @@ import os
 from transformers import PreTrainedModel
 
 from l2kd.config import StrategyTraits
-from l2kd.replay import generate_pseudo, n_pseudo, sample_real
+from l2kd.replay import generate_pseudo, n_pseudo, pseudo_len, sample_real
 from l2kd.strategies.base import Strategy, TaskContext, TaskStart
 from l2kd.strategies.multitask import JOINT_UNBOUND
 
@@ -34,16 +34,12 @@ class LAMOL(Strategy):
                  n_pseudo(cfg.gen_lm_sample_percentage, len(ctx.train_examples), len(ctx.prev_tasks)))
             path = os.path.join(ctx.prev_task_dir, "lm.csv")
             extra, stats, seqs = generate_pseudo(
-                model, ctx.tokenizer, ctx.ids, ctx.prev_tasks, n, _gen_len(cfg, ctx.max_len), cfg.lm_sampling,
-                ctx.generator, path, quiet=cfg.quiet)
+                model, ctx.tokenizer, ctx.ids, ctx.prev_tasks, n, pseudo_len(cfg.max_gen_len, ctx.max_len),
+                cfg.lm_sampling, ctx.generator, path, quiet=cfg.quiet)
             report["pseudo_examples_shown"] = [ctx.tokenizer.decode(s) for s in seqs[:3]]
         report["replay"] = {"requested": stats.requested, "generated": stats.generated, "parsed": stats.parsed,
                             "dropped": stats.dropped, "per_task": stats.per_task, "source": stats.source}
         return TaskStart(extra, report)
-
-
-def _gen_len(cfg, max_len: int) -> int:
-    return min(max_len, cfg.max_gen_len) if cfg.max_gen_len > 0 else max_len
 
 
 class MultiLM(Strategy):

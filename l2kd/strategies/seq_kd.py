@@ -13,7 +13,7 @@ from transformers import PreTrainedModel
 
 from l2kd import distributed as dist
 from l2kd.diagnostics import DIAGNOSTICS, diagnose_teacher
-from l2kd.distillation import ensure_distil_data, ensure_teacher, load_teacher
+from l2kd.distillation import ensure_distil_data, ensure_teacher, load_teacher, teacher_vocabulary
 from l2kd.strategies.base import TaskContext, TaskStart, Wrapper, merge_reports
 
 
@@ -34,5 +34,5 @@ class SeqKD(Wrapper):
         (task,) = ctx.tasks
         teacher = load_teacher(ensure_teacher(ctx.cfg, task, ctx.train_teacher), ctx.device)
         diag = diagnose_teacher(teacher, model, ctx.tokenizer, ctx.ids, ctx.cfg, task, ctx.train_examples,
-                                ctx.max_len)
+                                ctx.max_len, teacher_vocab=teacher_vocabulary(ctx.cfg, task))
         return TaskStart(start.extra, merge_reports(self.name, start.report, {DIAGNOSTICS: diag}))

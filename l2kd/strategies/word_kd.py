@@ -29,7 +29,7 @@ from transformers import PreTrainedModel
 
 from l2kd.data.qa_format import Batch, target_rows
 from l2kd.diagnostics import DIAGNOSTICS, diagnose_teacher
-from l2kd.distillation import ensure_teacher, load_teacher
+from l2kd.distillation import ensure_teacher, load_teacher, teacher_vocabulary
 from l2kd.losses import Losses, head_ce, select
 from l2kd.strategies.base import ONE_PROCESS, Report, Shares, Strategy, TaskContext, TaskStart, Wrapper, merge_reports
 
@@ -50,7 +50,8 @@ class WordKD(Wrapper):
         report: Report = {"teacher": task}
         if not self.base.diagnoses_teacher:  # Seq-KD soft: the wrapped SeqKD measures this teacher
             report[DIAGNOSTICS] = diagnose_teacher(self.teacher, model, ctx.tokenizer, ctx.ids, ctx.cfg, task,
-                                                   ctx.train_examples, ctx.max_len)
+                                                   ctx.train_examples, ctx.max_len,
+                                                   teacher_vocab=teacher_vocabulary(ctx.cfg, task))
         return TaskStart(start.extra, merge_reports(self.name, start.report, report))
 
     def _part(self, model, inp: torch.Tensor, tgt: torch.Tensor, kd_rows: torch.Tensor, ce_rows: torch.Tensor,

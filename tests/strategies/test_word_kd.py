@@ -268,6 +268,8 @@ def test_seq_kd_soft_trains_teacher_and_builds_distil_data(tmp_path, data_dir):
         diag = record["teacher_diagnostics"]
         assert diag == summary["tasks"][t]["teacher_diagnostics"] and diag["test_examples"] == 3
         assert diag["soft_targets"]["positions"] > 0 and 0 < diag["soft_targets"]["entropy_fraction"] <= 1
+        own = diag["teacher_pseudo"]  # as many of the teacher's own pseudo-samples as LAMOL replays
+        assert own["generated"] == len(own["texts"]) == 4 and 0 <= own["parsed"] <= 4
     assert summary["tasks"]["rnnlg.tv"]["replay"]["generated"] == 4
     teacher42 = tmp_path / "m" / "tiny-gpt2" / "lll" / "rnnlg.tv_0.2_42" / "rnnlg.tv"
     assert json.load(open(data / "rnnlg.tv_to_squad-distil-v2.0.json"))["l2kd_teacher"]["teacher"] == str(teacher42)
