@@ -124,6 +124,11 @@ def test_word_kd_qa_only_keeps_lamols_lm_loss(tok_ids, tiny_model):
     full, _ = strat.loss(SimpleNamespace(cfg=TrainConfig(**{**cfg.__dict__, "distil_qa_only": False}),
                                          setup=SimpleNamespace(losses=Losses())), tiny_model, b, w)
     assert abs(full.item() - loss.item()) > 1e-3  # distilling the LM loss too is another loss
+    # with --distil_weighting too: the QA means weighted by their rows (2 current, 1 replayed), the LM loss unchanged
+    both, _ = strat.loss(SimpleNamespace(cfg=TrainConfig(**{**cfg.__dict__, "distil_weighting": True}),
+                                         setup=SimpleNamespace(losses=Losses())), tiny_model, b, w)
+    qa_w = (2 * _original_kd(s_qa[cur], t_qa[cur], 2.0) + F.cross_entropy(s_qa[rep], b.qa_target[rep], weight=w)) / 3
+    torch.testing.assert_close(both, qa_w + 0.25 * lm, rtol=1e-4, atol=1e-5)
 
 
 def test_word_kd_weighting_counts_the_whole_batch(tok_ids):
