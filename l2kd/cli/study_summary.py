@@ -113,15 +113,32 @@ def _fmt(s: Optional[Dict[str, float]], pct: bool = False) -> str:
     return f"{k * s['mean']:.1f}{unit}" if s["n"] == 1 else f"{k * s['mean']:.1f}{unit} ± {k * s['std']:.1f}"
 
 
+def _seeds(r: Dict[str, object]) -> Dict[int, float]:
+    """seed -> average score of a summary row (seeds whose run has no average left out)."""
+    return {s: float(v) for s, v in zip(r["seeds"], r["per_seed"]) if v is not None}
+
+
 def verdict(rows: Sequence[Dict[str, object]], order: str) -> str:
-    """Whether L2KD (its best distilled variant) > LAMOL > finetune holds on the average score."""
-    avg = {r["method"]: r["average"]["mean"] for r in rows if r["order"] == order and r["average"]}
-    if not {"finetune", "lll"} <= set(avg) or not any(m in avg for m in L2KD_METHODS):
+    """Whether L2KD (its best distilled variant) > LAMOL > finetune holds on the average score,
+    each method compared on the seeds it shares with LAMOL and finetune (a mean over other seeds
+    would compare different runs: one hard seed moves a method that ran it, not one that did not)."""
+    per = {r["method"]: _seeds(r) for r in rows if r["order"] == order}
+    base = set(per.get("lll", {})) & set(per.get("finetune", {}))
+    cands = {m: sorted(base & set(per[m])) for m in L2KD_METHODS if m in per}
+    cands = {m: seeds for m, seeds in cands.items() if seeds}
+    if not cands:
         return f"{order}: not enough methods finished to compare"
-    best = max((m for m in L2KD_METHODS if m in avg), key=lambda m: avg[m])
-    holds = avg[best] > avg["lll"] > avg["finetune"]
-    return (f"{order}: the paper's order (L2KD > LAMOL > finetune) {'holds' if holds else 'does NOT hold'}: "
-            f"best distilled {best} {avg[best]:.1f}, lll {avg['lll']:.1f}, finetune {avg['finetune']:.1f}")
+
+    def mean(m: str, seeds: Sequence[int]) -> float:
+        return statistics.fmean(per[m][s] for s in seeds)
+
+    # the distilled variant furthest ahead of LAMOL on the seeds they share
+    best = max(cands, key=lambda m: mean(m, cands[m]) - mean("lll", cands[m]))
+    seeds = cands[best]
+    a, lll, ft = mean(best, seeds), mean("lll", seeds), mean("finetune", seeds)
+    on = f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+    return (f"{order}: the paper's order (L2KD > LAMOL > finetune) {'holds' if a > lll > ft else 'does NOT hold'} "
+            f"on {on}: best distilled {best} {a:.1f}, lll {lll:.1f}, finetune {ft:.1f}")
 
 
 def stage_markdown(rows: Sequence[Dict[str, object]]) -> List[str]:
@@ -185,5 +202,7 @@ def markdown(rows: Sequence[Dict[str, object]]) -> str:
                "backward transfer; forget = forgetting; just learnt = mean score on each task right after learning "
                "it; parse rate = share of LAMOL's pseudo-samples that parsed (all tasks); teachers = mean teacher "
                "score per task (distilled methods); teacher H / log V = mean entropy of their soft targets at the "
-               "run's temperature over its maximum; wall s = train + test per run.")
+               "run's temperature over its maximum; wall s = train + test per run. A row run on fewer seeds "
+               "averages those seeds only, so rows with different seeds are not comparable; the verdict compares "
+               "each method on the seeds it shares with LAMOL and finetune.")
     return "\n".join(out) + "\n"
