@@ -28,9 +28,8 @@ import torch
 
 from l2kd.config import SamplingConfig, TrainConfig
 from l2kd.data.qa_format import IGNORE, Encoded, collate, pseudo_from_ids
-from l2kd.generation import generate
 from l2kd.losses import hidden_states
-from l2kd.replay import n_pseudo, pseudo_len
+from l2kd.replay import n_pseudo, pseudo_len, sample_after_gen
 from l2kd.tokenizer import SpecialIds
 
 log = logging.getLogger("l2kd")
@@ -90,13 +89,8 @@ def teacher_pseudo_samples(teacher, tok, ids: SpecialIds, task: str, n: int, max
     generator seeded with ``seed``, so the run's random streams are untouched. Returns
     ``generated``, ``parsed`` and the decoded ``texts``."""
     device = next(teacher.parameters()).device
-    prompts = [[ids.gen[task]] for _ in range(n)]
-    was = teacher.training
-    teacher.eval()
-    new = generate(teacher, prompts, [max_len - 1] * n, ids.eos, ids.pad, sampling,
-                   torch.Generator(device=device).manual_seed(seed), task=f"the {task} teacher's pseudo-samples")
-    teacher.train(was)
-    seqs = [p + q for p, q in zip(prompts, new)]
+    seqs = sample_after_gen(teacher, ids, [task] * n, max_len, sampling,
+                            torch.Generator(device=device).manual_seed(seed), label=f"the {task} teacher's pseudo-samples")
     parsed, _ = pseudo_from_ids(seqs, ids, {ids.gen[task]: task}, max_len)
     return {"generated": n, "parsed": len(parsed), "texts": [tok.decode(q) for q in seqs]}
 

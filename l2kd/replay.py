@@ -79,6 +79,20 @@ def read_lm_csv(path: str) -> List[str]:
     return [r[0] for r in rows[1:] if r]
 
 
+def sample_after_gen(model, ids: SpecialIds, tasks: Sequence[str], max_len: int, sampling: SamplingConfig,
+                     generator: torch.Generator, batch_size: int = 64, label: str = "pseudo-samples"
+                     ) -> List[List[int]]:
+    """One sequence per entry of ``tasks``: its generation token and what ``model`` (in eval mode
+    meanwhile) writes after it, up to ``max_len`` tokens in all (eos not included)."""
+    prompts = [[ids.gen[t]] for t in tasks]
+    was_training = model.training
+    model.eval()
+    new = generate(model, prompts, [max_len - 1] * len(prompts), ids.eos, ids.pad, sampling, generator,
+                   batch_size=batch_size, task=label)
+    model.train(was_training)
+    return [p + n for p, n in zip(prompts, new)]
+
+
 def _make_or_read(model, tok, ids: SpecialIds, prev_tasks: Sequence[str], n_total: int, max_len: int,
                   sampling: SamplingConfig, generator: torch.Generator, lm_csv_path: str, batch_size: int,
                   quiet: bool = True) -> Tuple[List[List[int]], str]:
@@ -98,16 +112,11 @@ def _make_or_read(model, tok, ids: SpecialIds, prev_tasks: Sequence[str], n_tota
         log.info("re-using %d pseudo-samples from %s", len(seqs), lm_csv_path)
         return seqs, "lm.csv"
     per = n_total // len(prev_tasks) if prev_tasks else 0
-    prompts = [[ids.gen[t]] for t in prev_tasks for _ in range(per)]
-    was_training = model.training
-    model.eval()
-    log.info("generating %d pseudo-samples of %s (up to %d tokens each) into %s", len(prompts),
+    log.info("generating %d pseudo-samples of %s (up to %d tokens each) into %s", per * len(prev_tasks),
              ", ".join(prev_tasks), max_len - 1, lm_csv_path)
     with progress("pseudo-samples", quiet):
-        new = generate(model, prompts, [max_len - 1] * len(prompts), ids.eos, ids.pad, sampling, generator,
-                       batch_size=batch_size, task=f"pseudo-samples of {', '.join(prev_tasks)}")
-    model.train(was_training)
-    seqs = [p + n for p, n in zip(prompts, new)]
+        seqs = sample_after_gen(model, ids, [t for t in prev_tasks for _ in range(per)], max_len, sampling,
+                                generator, batch_size, f"pseudo-samples of {', '.join(prev_tasks)}")
     atomic_write_text(ids_path, json.dumps({"ids": seqs, "generator_state": generator.get_state().tolist()}))
     write_lm_csv(lm_csv_path, [tok.decode(s) for s in seqs])
     return seqs, "generated"

@@ -10,7 +10,7 @@ import torch
 
 from l2kd.config import SamplingConfig, TrainConfig
 from l2kd.data.qa_format import IGNORE, collate, encode_example
-from l2kd import diagnostics
+from l2kd import diagnostics, replay
 from l2kd.diagnostics import (NEAR_UNIFORM, POOR_PARSE, diagnose_teacher, diagnostic_warnings, soft_target_stats,
                               teacher_pseudo_samples)
 from l2kd.tokenizer import add_special_tokens
@@ -139,7 +139,7 @@ def test_the_teachers_own_samples_start_with_its_own_generation_token(base_tok, 
         seen.update(prompts=prompts, max_new=max_new, eos=eos, top_k=sampling.top_k, state=generator.get_state())
         return [good, bad, good][: len(prompts)]
 
-    monkeypatch.setattr(diagnostics, "generate", fake_generate)
+    monkeypatch.setattr(replay, "generate", fake_generate)
     teacher = torch.nn.Linear(2, 2)
     teacher.train()
     own = teacher_pseudo_samples(teacher, teacher_tok, t_ids, "rnnlg.rest", 3, 40, SamplingConfig(top_k=20), 7)
