@@ -72,8 +72,8 @@ def test_study_cells_record_the_mix_only_for_runs_that_replayed(tmp_path):
     # a cell recorded before the study read the mix back gets it on resume; a recorded one is kept
     old = {"method": "lll", "order": "forward", "seed": 1, "run_dir": rdir,
            "replay": {"rnnlg.hotel": {"generated": 2, "parsed": 1}}}
-    assert study.with_replay_mix(dict(old), args)["replay_mix"] == {"rnnlg.hotel": {"rnnlg.rest": 1, "other": 1}}
-    assert study.with_replay_mix({**old, "replay_mix": {"x": {}}}, args)["replay_mix"] == {"x": {}}
+    assert study.with_read_back(dict(old), args)["replay_mix"] == {"rnnlg.hotel": {"rnnlg.rest": 1, "other": 1}}
+    assert study.with_read_back({**old, "replay_mix": {"x": {}}}, args)["replay_mix"] == {"x": {}}
 
 
 def test_summary_means_the_mix_over_seeds_and_shows_it_in_the_stage_table():

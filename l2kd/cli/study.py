@@ -31,6 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from l2kd.bases import BaseUnavailable, ensure_packaged_base, is_packaged_base
 from l2kd.cli import study_probes as probes
 from l2kd.cli.device_flags import add_device_flags
+from l2kd.cli.study_answers import answer_forms
 from l2kd.cli.study_replay import replay_mix, teacher_own_samples
 from l2kd.config import SamplingConfig, TrainConfig
 from l2kd.data import bundled_data_dir
@@ -181,11 +182,16 @@ def run_replay_mix(rdir: str, cfg: TrainConfig, replay: Dict[str, Dict[str, int]
     return replay_mix(lambda t: task_dir(rdir, cfg.seq_train_type, t), cfg.tasks, cfg.data_dir)
 
 
-def with_replay_mix(cell: Dict[str, object], args: argparse.Namespace) -> Dict[str, object]:
-    """``cell`` with its ``replay_mix``, read back from its run folder when it was recorded without one."""
+def with_read_back(cell: Dict[str, object], args: argparse.Namespace) -> Dict[str, object]:
+    """``cell`` with its ``replay_mix`` and ``answer_forms``, read back from its run folder when it
+    was recorded without them (a record written by an older l2kd; a folder that is gone adds nothing)."""
+    if not os.path.isdir(str(cell.get("run_dir", ""))):
+        return cell
+    cfg = method_config(cell["method"], cell["order"], cell["seed"], args)
     if "replay_mix" not in cell:
-        cfg = method_config(cell["method"], cell["order"], cell["seed"], args)
         cell["replay_mix"] = run_replay_mix(cell["run_dir"], cfg, cell.get("replay") or {})
+    if "answer_forms" not in cell:
+        cell["answer_forms"] = answer_forms(cell["run_dir"], cfg.seq_train_type, cfg.tasks)
     return cell
 
 
@@ -203,6 +209,7 @@ def run_cell(cfg: TrainConfig, quiet: bool) -> Dict[str, object]:
         "forgetting": res.get("forgetting"), "train_seconds": t_train, "test_seconds": time.time() - t0 - t_train,
         "replay": replay, "parse_rate": parse_rate(replay),
         "replay_mix": run_replay_mix(summary["run_dir"], cfg, replay),
+        "answer_forms": answer_forms(summary["run_dir"], cfg.seq_train_type, cfg.tasks),
         "teacher": teacher_diagnostics(cfg) if (cfg.distil or cfg.seq_distil) else {},
     }
 
@@ -415,7 +422,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t_start = time.time()
     for i, (order, method, seed) in enumerate(plan, 1):
         if (order, method, seed) in done:
-            cells.append(with_replay_mix(done[(order, method, seed)], args))
+            cells.append(with_read_back(done[(order, method, seed)], args))
             continue
         cfg = method_config(method, order, seed, args)
         print(f"\n[{i}/{len(plan)}] {method}, {order} order ({' -> '.join(cfg.tasks)}), seed {seed}", flush=True)

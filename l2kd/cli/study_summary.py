@@ -1,11 +1,14 @@
 """The study's summary tables: per method and order, mean ± std over seeds of the average final
 score, BWT, forgetting, the score on the task just learnt, LAMOL's pseudo-sample parse rate,
 the teachers' scores and the wall time, and whether the paper's order holds; then every task's
-score after each stage and the pseudo-samples parsed before it (means over seeds)."""
+score after each stage and the pseudo-samples parsed before it (means over seeds), and per seed
+the test answers given in a form the task's references do not take."""
 from __future__ import annotations
 
 import statistics
 from typing import Dict, List, Optional, Sequence
+
+from l2kd.cli.study_answers import MIN_SHARE
 
 # the distilled methods that stand for L2KD in the verdict, and its two baselines
 L2KD_METHODS = ("lll+word_kd", "lll+word_kd@T1", "lll+word_kd@T4", "lll+word_kd@weighted", "lll+word_kd@qa_only",
@@ -101,6 +104,7 @@ def summarize(cells: Sequence[dict]) -> List[Dict[str, object]]:
             "replay": per_task_means(cs, "replay"),
             "replay_mix": per_task_means(cs, "replay_mix"),
             "teacher_samples": teacher_samples(cs),
+            "answer_forms": [c.get("answer_forms") or {} for c in cs],
         })
     return rows
 
@@ -180,6 +184,35 @@ def teacher_samples_markdown(rows: Sequence[Dict[str, object]]) -> List[str]:
     return out + [""]
 
 
+def answer_forms_markdown(rows: Sequence[Dict[str, object]]) -> List[str]:
+    """Lines of the table of off-form test answers per run and stage (empty when no run recorded
+    them; :mod:`l2kd.cli.study_answers`)."""
+    rs = [r for r in rows if any(r.get("answer_forms") or [])]
+    if not rs:
+        return []
+    tasks = rs[0]["tasks"]
+    stages = list(dict.fromkeys(s for r in rs for forms in r["answer_forms"] for s in forms))
+    out = [f"Test answers off form: in a form (sentence, slot list, `None`, empty) that under "
+           f"{100 * MIN_SHARE:.0f}% of the task's references take, such as `None` answering an NLG question; per "
+           f"seed, after each stage (each cell: {' / '.join(tasks)}, of "
+           f"{' / '.join(str(n) for n in _test_counts(rs, tasks))} answers):", "",
+           "| method | seed | " + " | ".join(f"after {s}" for s in stages) + " |", "|---" * (len(stages) + 2) + "|"]
+    for r in rs:
+        for seed, forms in zip(r["seeds"], r["answer_forms"]):
+            if not forms:
+                continue
+            cells = [" / ".join(str(forms[s][t]["off_form"]) if t in forms[s] else "-" for t in tasks)
+                     if s in forms else "-" for s in stages]
+            out.append(f"| {r['method']} | {seed} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
+def _test_counts(rows: Sequence[Dict[str, object]], tasks: Sequence[str]) -> List[int]:
+    """The number of test answers per task, as the runs' qa files hold them (the largest seen)."""
+    return [max((f[t]["n"] for r in rows for forms in r["answer_forms"] for f in forms.values() if t in f), default=0)
+            for t in tasks]
+
+
 def markdown(rows: Sequence[Dict[str, object]]) -> str:
     """The summary as markdown tables (one per order) with the verdicts."""
     out: List[str] = []
@@ -197,7 +230,7 @@ def markdown(rows: Sequence[Dict[str, object]]) -> str:
             out.append(f"| {r['method']} | {len(r['seeds'])} | " + " | ".join(finals) + f" | {_fmt(r['average'])} | "
                        f"{_fmt(r['backward_transfer'])} | {_fmt(r['forgetting'])} | {_fmt(r['just_learnt'])} | "
                        f"{_fmt(r['parse_rate'], pct=True)} | {teach} | {ent} | {_fmt(r['seconds'])} |")
-        out += ["", verdict(rows, order), ""] + stage_markdown(rs) + teacher_samples_markdown(rs)
+        out += ["", verdict(rows, order), ""] + stage_markdown(rs) + teacher_samples_markdown(rs) + answer_forms_markdown(rs)
     out.append("Final score per task after the last task, 0-100, mean ± std over seeds; avg = their mean; BWT = "
                "backward transfer; forget = forgetting; just learnt = mean score on each task right after learning "
                "it; parse rate = share of LAMOL's pseudo-samples that parsed (all tasks); teachers = mean teacher "
