@@ -1,4 +1,6 @@
-"""The form of a run's test answers (l2kd.cli.study_answers), and the study's record and table of it."""
+"""The form of a run's test answers and replayed pseudo-samples (l2kd.cli.study_answers), and the
+study's record and table of them."""
+import json
 import os
 
 import pytest
@@ -6,6 +8,7 @@ import pytest
 from l2kd.cli import study, study_answers, study_summary
 from l2kd.evaluate import write_qa_csv
 from l2kd.layout import run_dir_of, task_dir
+from l2kd.replay import write_lm_csv
 
 NLG = [["There is a cheap place.", "A cheap place."]] * 3
 WOZ = [["food: basque; phone"], ["None"], ["; address"], ["price range: cheap, area: east;"]]
@@ -80,22 +83,70 @@ def test_forms_are_counted_per_stage_and_test_task(tmp_path):
     assert study_answers.answer_forms(str(tmp_path / "none"), "lll", ["e2enlg", "woz.en"]) == {}
 
 
+def _squad(path, qas):
+    data = [{"title": "t", "paragraphs": [{"context": "c", "qas": [
+        {"id": str(i), "question": q, "answers": [{"text": a, "answer_start": 0} for a in answers]}
+        for i, (q, answers) in enumerate(qas)]}]}]
+    with open(path, "w") as f:
+        json.dump({"data": data}, f)
+
+
+def _data(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    _squad(data / "e2enlg_to_squad-train-v2.0.json", [("what is the natural language form?", ["A cheap place."])] * 4)
+    _squad(data / "woz.en_to_squad-train-v2.0.json", [("what is the change in state?", ["food: basque;"]),
+                                                      ("what is the change in state?", ["None"]),
+                                                      ("what is the change in state?", [])])
+    return str(data)
+
+
+def test_replayed_samples_are_judged_by_the_form_of_the_task_they_imitate(tmp_path):
+    data = _data(tmp_path)
+    assert study_answers.training_forms(data, "woz.en") == {"slots", "none", "empty"}
+    assert study_answers.training_forms(data, "rnnlg.tv") == set()  # no file
+    run = tmp_path / "run"
+    for t in ("e2enlg", "woz.en"):
+        (run / t).mkdir(parents=True)
+    write_lm_csv(str(run / "e2enlg" / "lm.csv"), [
+        "__gen__ x what is the natural language form? __ans__ A sentence.",
+        "__gen__ x what is the natural language form? __ans__ None",
+        "__gen__ prose without an answer"])
+    write_lm_csv(str(run / "woz.en" / "lm.csv"), [
+        "__gen__ x what is the natural language form? __ans__ food: a;",
+        "__gen__ i want food what is the change in state? __ans__ None",
+        "__gen__ i want food what is the change in state? __ans__ I want food.",
+        "__gen__ what is it? __ans__ y"])
+    forms = study_answers.replay_forms(lambda t: str(run / t), ["e2enlg", "woz.en", "rnnlg.rest"], data)
+    assert forms == {"woz.en": {"e2enlg": {"n": 2, "off_form": 1}},
+                     "rnnlg.rest": {"e2enlg": {"n": 1, "off_form": 1}, "woz.en": {"n": 2, "off_form": 1}}}
+
+
 def test_the_study_reads_the_forms_back_for_a_recorded_cell_and_tabulates_them(tmp_path):
-    args = study.parse_args(["--out", str(tmp_path), "--tasks", "e2enlg", "woz.en", "--train", "4"])
+    args = study.parse_args(["--out", str(tmp_path), "--tasks", "e2enlg", "woz.en", "--train", "4",
+                             "--data_dir", _data(tmp_path)])
     cfg = study.method_config("lll", "forward", 1, args)
     rdir = run_dir_of(cfg)
     _test_files(task_dir(rdir, "lll", "e2enlg"), ["A.", "B.", "None"], ["None"] * 4)
     _test_files(task_dir(rdir, "lll", "woz.en"), ["food: a;"] * 3, ["a sentence"] * 4)
+    write_lm_csv(os.path.join(task_dir(rdir, "lll", "e2enlg"), "lm.csv"),
+                 ["__gen__ x what is the natural language form? __ans__ None",
+                  "__gen__ y what is the natural language form? __ans__ Y is nice."])
     old = {"method": "lll", "order": "forward", "seed": 1, "run_dir": rdir, "tasks": ["e2enlg", "woz.en"],
            "matrix": [[1.0, 0.0], [0.5, 1.0]], "average": 0.75, "teacher": {}, "train_seconds": 1.0,
-           "test_seconds": 1.0, "replay": {}}
+           "test_seconds": 1.0, "replay": {"woz.en": {"generated": 2, "parsed": 2}}}
     cell = study.with_read_back(dict(old), args)
     assert cell["answer_forms"]["e2enlg"]["e2enlg"]["off_form"] == 1
     assert cell["answer_forms"]["woz.en"]["woz.en"]["off_form"] == 4
+    assert cell["replay_forms"] == {"woz.en": {"e2enlg": {"n": 2, "off_form": 1}}}
+    assert cell["replay_mix"] == {"woz.en": {"e2enlg": 2, "other": 0}}
+    # a run that replayed nothing has no replayed forms
+    assert study.with_read_back({**old, "replay": {}}, args)["replay_forms"] == {}
     # a recorded reading is kept; a cell whose folder is gone is left as it was
     assert study.with_read_back({**old, "answer_forms": {"x": {}}}, args)["answer_forms"] == {"x": {}}
     assert "answer_forms" not in study.with_read_back({**old, "run_dir": str(tmp_path / "gone")}, args)
-    table = study_summary.markdown(study_summary.summarize([cell, {**old, "seed": 2}])).split("Test answers off form")[1]
+    table = study_summary.markdown(study_summary.summarize([cell, {**old, "seed": 2}]))
+    table = table.split("Test answers off form")[1]
     assert "each cell: e2enlg / woz.en, of 3 / 4 answers" in table
-    assert "| lll | 1 | 1 / 0 | 3 / 4 |" in table
+    assert "| lll | 1 | 1 / 0 | 3 / 4 | before woz.en: e2enlg 1 / 2 |" in table
     assert "| lll | 2 |" not in table  # a seed that recorded no forms gets no row

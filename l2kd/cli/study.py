@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -31,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from l2kd.bases import BaseUnavailable, ensure_packaged_base, is_packaged_base
 from l2kd.cli import study_probes as probes
 from l2kd.cli.device_flags import add_device_flags
-from l2kd.cli.study_answers import answer_forms
+from l2kd.cli.study_answers import answer_forms, replay_forms
 from l2kd.cli.study_replay import replay_mix, teacher_own_samples
 from l2kd.config import SamplingConfig, TrainConfig
 from l2kd.data import bundled_data_dir
@@ -182,22 +183,30 @@ def run_replay_mix(rdir: str, cfg: TrainConfig, replay: Dict[str, Dict[str, int]
     return replay_mix(lambda t: task_dir(rdir, cfg.seq_train_type, t), cfg.tasks, cfg.data_dir)
 
 
+def read_back(rdir: str, cfg: TrainConfig, replay: Dict[str, Dict[str, int]]) -> Dict[str, object]:
+    """What the study reads back from a finished run's folder: which earlier task its
+    pseudo-samples imitate (``replay_mix``), how many of those answer off that task's form
+    (``replay_forms``) and the form of its test answers after each stage (``answer_forms``)."""
+    folder = functools.partial(task_dir, rdir, cfg.seq_train_type)
+    return {"replay_mix": run_replay_mix(rdir, cfg, replay),
+            "replay_forms": replay_forms(folder, cfg.tasks, cfg.data_dir) if replay else {},
+            "answer_forms": answer_forms(rdir, cfg.seq_train_type, cfg.tasks)}
+
+
 def with_read_back(cell: Dict[str, object], args: argparse.Namespace) -> Dict[str, object]:
-    """``cell`` with its ``replay_mix`` and ``answer_forms``, read back from its run folder when it
-    was recorded without them (a record written by an older l2kd; a folder that is gone adds nothing)."""
+    """``cell`` with what :func:`read_back` gives that it was recorded without (a record written
+    by an older l2kd); a cell whose run folder is gone is returned as it is."""
     if not os.path.isdir(str(cell.get("run_dir", ""))):
         return cell
     cfg = method_config(cell["method"], cell["order"], cell["seed"], args)
-    if "replay_mix" not in cell:
-        cell["replay_mix"] = run_replay_mix(cell["run_dir"], cfg, cell.get("replay") or {})
-    if "answer_forms" not in cell:
-        cell["answer_forms"] = answer_forms(cell["run_dir"], cfg.seq_train_type, cfg.tasks)
+    missing = {k: v for k, v in read_back(cell["run_dir"], cfg, cell.get("replay") or {}).items() if k not in cell}
+    cell.update(missing)
     return cell
 
 
 def run_cell(cfg: TrainConfig, quiet: bool) -> Dict[str, object]:
-    """Train and test one configuration; return its scores, wall times, pseudo-sample counts
-    (and which earlier task they imitate) and teacher diagnostics."""
+    """Train and test one configuration; return its scores, wall times, pseudo-sample counts, what
+    :func:`read_back` reads from its folder and its teacher diagnostics."""
     t0 = time.time()
     summary = train_sequence(cfg)
     t_train = time.time() - t0
@@ -208,8 +217,7 @@ def run_cell(cfg: TrainConfig, quiet: bool) -> Dict[str, object]:
         "average": res.get("average"), "backward_transfer": res.get("backward_transfer"),
         "forgetting": res.get("forgetting"), "train_seconds": t_train, "test_seconds": time.time() - t0 - t_train,
         "replay": replay, "parse_rate": parse_rate(replay),
-        "replay_mix": run_replay_mix(summary["run_dir"], cfg, replay),
-        "answer_forms": answer_forms(summary["run_dir"], cfg.seq_train_type, cfg.tasks),
+        **read_back(summary["run_dir"], cfg, replay),
         "teacher": teacher_diagnostics(cfg) if (cfg.distil or cfg.seq_distil) else {},
     }
 

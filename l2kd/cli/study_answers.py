@@ -5,8 +5,10 @@ with a sentence, woz.en with a slot list (``food: basque; phone``, or ``; addres
 requests are asked) or ``None`` (no change of state). A model that mixes the tasks up answers one
 in the other's form: an NLG question with ``None``, a woz.en one with a sentence. The study
 counts, after every stage and on every test task, the answers in each form and those *off form*:
-in a form that fewer than :data:`MIN_SHARE` of the task's own reference answers take. A
-diagnostic only; it reads what ``python -m l2kd.test`` wrote.
+in a form that fewer than :data:`MIN_SHARE` of the task's own reference answers take. The same
+for LAMOL's pseudo-samples: a replayed sample that imitates a task by its question
+(:mod:`l2kd.cli.study_replay`) but answers off that task's form (an NLG question with ``None``)
+teaches the confusion. A diagnostic only; it reads what training and ``python -m l2kd.test`` wrote.
 """
 from __future__ import annotations
 
@@ -17,7 +19,11 @@ import re
 from collections import Counter
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
+from l2kd.cli.study_replay import imitated, replayed
+from l2kd.data.squad import DataError, load_squad_file
+from l2kd.data.tasks import task_file
 from l2kd.layout import stages, task_dir
+from l2kd.tokenizer import ANS
 
 FORMS = ("sentence", "slots", "none", "empty")
 MIN_SHARE = 0.1  # a form a task's references take less often than this is not the task's form
@@ -103,4 +109,35 @@ def answer_forms(run_dir: str, seq_train_type: str, tasks: Sequence[str]) -> Dic
         forms = folder_forms(task_dir(run_dir, seq_train_type, stage[0]), tasks)
         if forms:
             out["+".join(stage)] = forms
+    return out
+
+
+def training_forms(data_dir: str, task: str) -> Set[str]:
+    """The forms of ``task``'s training answers (:func:`reference_forms`); empty when the file
+    cannot be read."""
+    try:
+        examples = load_squad_file(task_file(data_dir, task, "train"), task)
+    except (OSError, DataError):
+        return set()
+    return reference_forms([ex.answers or [""] for ex in examples])
+
+
+def replay_forms(rdir_task, tasks: Sequence[str], data_dir: str) -> Dict[str, Dict[str, Dict[str, int]]]:
+    """task -> earlier task -> ``n`` (the pseudo-samples replayed while learning the task that
+    imitate the earlier one by their question) and ``off_form`` (those whose answer is in a form
+    the earlier task's training answers do not take). ``rdir_task(task)`` gives a task's folder."""
+    own: Dict[str, Set[str]] = {}
+    out: Dict[str, Dict[str, Dict[str, int]]] = {}
+    for task, samples, questions in replayed(rdir_task, tasks, data_dir):
+        counts: Dict[str, Dict[str, int]] = {}
+        for sample in samples:
+            source = imitated(sample, questions)
+            if source is None:
+                continue
+            if source not in own:
+                own[source] = training_forms(data_dir, source)
+            c = counts.setdefault(source, {"n": 0, "off_form": 0})
+            c["n"] += 1
+            c["off_form"] += answer_form(sample.partition(ANS)[2]) not in own[source]
+        out[task] = counts
     return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 from l2kd.data.squad import DataError, load_squad_file
 from l2kd.data.tasks import task_file
@@ -34,39 +34,50 @@ def training_questions(data_dir: str, task: str) -> Set[str]:
         return set()
 
 
+def imitated(sample: str, questions: Dict[str, Set[str]]) -> Optional[str]:
+    """The task whose question ``sample`` ends its prompt with (None: no ``__ans__``, or no task's);
+    a prompt that ends with questions of several tasks goes to the task with the longest match."""
+    head, sep, _ = sample.partition(ANS)
+    if not sep:
+        return None
+    prompt = _norm(head)
+    best: Optional[str] = None
+    best_len = 0
+    for task, qs in questions.items():
+        for q in qs:
+            if len(q) > best_len and prompt.endswith(q):
+                best, best_len = task, len(q)
+    return best
+
+
 def attribute(samples: Iterable[str], questions: Dict[str, Set[str]]) -> Dict[str, int]:
-    """Count ``samples`` per task whose question they end their prompt with (``other``: none).
-    A prompt that ends with questions of several tasks goes to the task with the longest match."""
+    """Count ``samples`` per task they imitate (:func:`imitated`; ``other``: none)."""
     out = {task: 0 for task in questions}
     out[OTHER] = 0
     for s in samples:
-        head, sep, _ = s.partition(ANS)
-        prompt = _norm(head) if sep else ""
-        best: Optional[str] = None
-        best_len = 0
-        for task, qs in questions.items():
-            for q in qs:
-                if len(q) > best_len and prompt.endswith(q):
-                    best, best_len = task, len(q)
-        out[best or OTHER] += 1
+        out[imitated(s, questions) or OTHER] += 1
     return out
+
+
+def replayed(rdir_task: Callable[[str], str], tasks: Sequence[str], data_dir: str
+             ) -> Iterator[Tuple[str, List[str], Dict[str, Set[str]]]]:
+    """For every task after the first: the task, the pseudo-samples replayed while learning it (the
+    ``lm.csv`` the previous task's folder holds; ``rdir_task(task)`` gives a task's folder) and the
+    training questions of each earlier task. Tasks without one are skipped."""
+    questions: Dict[str, Set[str]] = {}
+    for i in range(1, len(tasks)):
+        questions[tasks[i - 1]] = training_questions(data_dir, tasks[i - 1])
+        try:
+            samples: List[str] = read_lm_csv(os.path.join(rdir_task(tasks[i - 1]), "lm.csv"))
+        except (OSError, ValueError):
+            continue
+        yield tasks[i], samples, dict(questions)
 
 
 def replay_mix(rdir_task: Callable[[str], str], tasks: Sequence[str], data_dir: str) -> Dict[str, Dict[str, int]]:
-    """task -> counts per earlier task of the pseudo-samples replayed while learning it, from the
-    ``lm.csv`` the previous task's folder holds (``rdir_task(task)`` gives a task's folder);
-    tasks without one are left out."""
-    questions: Dict[str, Set[str]] = {}
-    out: Dict[str, Dict[str, int]] = {}
-    for i in range(1, len(tasks)):
-        questions[tasks[i - 1]] = training_questions(data_dir, tasks[i - 1])
-        path = os.path.join(rdir_task(tasks[i - 1]), "lm.csv")
-        try:
-            samples: List[str] = read_lm_csv(path)
-        except (OSError, ValueError):
-            continue
-        out[tasks[i]] = attribute(samples, dict(questions))
-    return out
+    """task -> counts per earlier task of the pseudo-samples replayed while learning it
+    (:func:`replayed`); tasks without them are left out."""
+    return {task: attribute(samples, questions) for task, samples, questions in replayed(rdir_task, tasks, data_dir)}
 
 
 def teacher_own_samples(record: Dict[str, object], task: str, data_dir: str) -> Dict[str, int]:

@@ -105,6 +105,7 @@ def summarize(cells: Sequence[dict]) -> List[Dict[str, object]]:
             "replay_mix": per_task_means(cs, "replay_mix"),
             "teacher_samples": teacher_samples(cs),
             "answer_forms": [c.get("answer_forms") or {} for c in cs],
+            "replay_forms": [c.get("replay_forms") or {} for c in cs],
         })
     return rows
 
@@ -195,15 +196,20 @@ def answer_forms_markdown(rows: Sequence[Dict[str, object]]) -> List[str]:
     out = [f"Test answers off form: in a form (sentence, slot list, `None`, empty) that under "
            f"{100 * MIN_SHARE:.0f}% of the task's references take, such as `None` answering an NLG question; per "
            f"seed, after each stage (each cell: {' / '.join(tasks)}, of "
-           f"{' / '.join(str(n) for n in _test_counts(rs, tasks))} answers):", "",
-           "| method | seed | " + " | ".join(f"after {s}" for s in stages) + " |", "|---" * (len(stages) + 2) + "|"]
+           f"{' / '.join(str(n) for n in _test_counts(rs, tasks))} answers); and the pseudo-samples replayed "
+           f"before each task that imitate an earlier task by their question, off that task's form / all:", "",
+           "| method | seed | " + " | ".join(f"after {s}" for s in stages) + " | replayed off form |",
+           "|---" * (len(stages) + 3) + "|"]
     for r in rs:
-        for seed, forms in zip(r["seeds"], r["answer_forms"]):
+        replay_forms = r.get("replay_forms") or [{}] * len(r["seeds"])
+        for seed, forms, replayed in zip(r["seeds"], r["answer_forms"], replay_forms):
             if not forms:
                 continue
             cells = [" / ".join(str(forms[s][t]["off_form"]) if t in forms[s] else "-" for t in tasks)
                      if s in forms else "-" for s in stages]
-            out.append(f"| {r['method']} | {seed} | " + " | ".join(cells) + " |")
+            rep = "; ".join(f"before {t}: " + ", ".join(f"{src} {c['off_form']} / {c['n']}" for src, c in by.items())
+                            for t, by in replayed.items() if by) or "-"
+            out.append(f"| {r['method']} | {seed} | " + " | ".join(cells) + f" | {rep} |")
     return out + [""]
 
 
