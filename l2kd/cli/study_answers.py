@@ -17,7 +17,7 @@ import json
 import os
 import re
 from collections import Counter
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from l2kd.cli.study_replay import imitated, replayed
 from l2kd.data.squad import DataError, load_squad_file
@@ -122,7 +122,8 @@ def training_forms(data_dir: str, task: str) -> Set[str]:
     return reference_forms([ex.answers or [""] for ex in examples])
 
 
-def replay_forms(rdir_task, tasks: Sequence[str], data_dir: str) -> Dict[str, Dict[str, Dict[str, int]]]:
+def replay_forms(rdir_task: Callable[[str], str], tasks: Sequence[str], data_dir: str
+                 ) -> Dict[str, Dict[str, Dict[str, int]]]:
     """task -> earlier task -> ``n`` (the pseudo-samples replayed while learning the task that
     imitate the earlier one by their question) and ``off_form`` (those whose answer is in a form
     the earlier task's training answers do not take). ``rdir_task(task)`` gives a task's folder."""
