@@ -260,6 +260,7 @@ def test_verdict_compares_methods_on_the_seeds_they_share():
     v = study_summary.verdict(study_summary.summarize(cells), "forward")
     # over all their seeds the weighted variant (43.5, seeds 1-2) would beat LAMOL (39.3, seeds 1-3)
     assert "does NOT hold on seeds 1, 2: best distilled lll+word_kd@weighted 43.5, lll 49.0, finetune 38.5" in v
+    assert v.endswith("per seed, it holds on none of seeds 1, 2, 3")
     cells.append(cell("lll+seq_kd_soft", 3, 30.0))  # ahead of LAMOL on seed 3, which finetune wins
     v = study_summary.verdict(study_summary.summarize(cells), "forward")
     assert "does NOT hold on seed 3: best distilled lll+seq_kd_soft 30.0, lll 20.0, finetune 35.0" in v
@@ -267,6 +268,7 @@ def test_verdict_compares_methods_on_the_seeds_they_share():
     cells[5] = cell("finetune", 3, 15.0)
     v = study_summary.verdict(study_summary.summarize(cells), "forward")
     assert "holds on seed 3: best distilled lll+seq_kd_soft 40.0, lll 20.0, finetune 15.0" in v
+    assert v.endswith("per seed, it holds on seed 3 (lll+seq_kd_soft 40.0 > lll 20.0 > finetune 15.0)")
     assert "not enough" in study_summary.verdict(study_summary.summarize(cells[:6]), "forward")
 
 

@@ -126,7 +126,8 @@ def _seeds(r: Dict[str, object]) -> Dict[int, float]:
 def verdict(rows: Sequence[Dict[str, object]], order: str) -> str:
     """Whether L2KD (its best distilled variant) > LAMOL > finetune holds on the average score,
     each method compared on the seeds it shares with LAMOL and finetune (a mean over other seeds
-    would compare different runs: one hard seed moves a method that ran it, not one that did not)."""
+    would compare different runs: one hard seed moves a method that ran it, not one that did not),
+    then the seeds on which it holds run by run."""
     per = {r["method"]: _seeds(r) for r in rows if r["order"] == order}
     base = set(per.get("lll", {})) & set(per.get("finetune", {}))
     cands = {m: sorted(base & set(per[m])) for m in L2KD_METHODS if m in per}
@@ -143,7 +144,21 @@ def verdict(rows: Sequence[Dict[str, object]], order: str) -> str:
     a, lll, ft = mean(best, seeds), mean("lll", seeds), mean("finetune", seeds)
     on = f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
     return (f"{order}: the paper's order (L2KD > LAMOL > finetune) {'holds' if a > lll > ft else 'does NOT hold'} "
-            f"on {on}: best distilled {best} {a:.1f}, lll {lll:.1f}, finetune {ft:.1f}")
+            f"on {on}: best distilled {best} {a:.1f}, lll {lll:.1f}, finetune {ft:.1f}; "
+            f"per seed, it holds on {_per_seed(per, sorted(base))}")
+
+
+def _per_seed(per: Dict[str, Dict[int, float]], seeds: Sequence[int]) -> str:
+    """The seeds on which some distilled method > LAMOL > finetune, each with its best distilled
+    method, or "none of seeds ..." when there is none."""
+    held = []
+    for s in seeds:
+        lll, ft = per["lll"][s], per["finetune"][s]
+        ahead = [m for m in L2KD_METHODS if s in per.get(m, {}) and per[m][s] > lll]
+        if ahead and lll > ft:
+            m = max(ahead, key=lambda k: per[k][s])
+            held.append(f"seed {s} ({m} {per[m][s]:.1f} > lll {lll:.1f} > finetune {ft:.1f})")
+    return ", ".join(held) if held else f"none of seeds {', '.join(map(str, seeds))}"
 
 
 def stage_markdown(rows: Sequence[Dict[str, object]]) -> List[str]:
