@@ -116,10 +116,11 @@ def test_summary_shows_the_teachers_own_samples_only_when_recorded():
     own = {"a": {"teacher_pseudo": {"generated": 4, "parsed": 3, "own_task": 2}},
            "b": {"teacher_pseudo": {"generated": 4, "parsed": 1, "own_task": 0}}}
     rows = study_summary.summarize([cell(1, own), cell(2, {"a": {"teacher_pseudo": {"generated": 4, "parsed": 4,
-                                                                                     "own_task": 4}}})])
+                                                                                     "own_task": 4}}}),
+                                    cell(3, {"a": {"teacher_score": 1}})])  # recorded before the teachers' samples
     assert rows[0]["teacher_samples"] == {"a": {"generated": 4.0, "parsed": 3.5, "own_task": 3.0},
                                           "b": {"generated": 4.0, "parsed": 1.0, "own_task": 0.0}}
     md = study_summary.markdown(rows)
-    assert "The teachers' own pseudo-samples" in md and "| lll+word_kd | 2 | 3.5 / 3 / 4 | 1 / 0 / 4 |" in md
+    assert "The teachers' own pseudo-samples" in md and "| lll+word_kd | 1, 2 | 3.5 / 3 / 4 | 1 / 0 / 4 |" in md
     without = study_summary.summarize([cell(1, {"a": {"teacher_score": 1}})])
     assert "teachers' own" not in study_summary.markdown(without)

@@ -104,6 +104,7 @@ def summarize(cells: Sequence[dict]) -> List[Dict[str, object]]:
             "replay": per_task_means(cs, "replay"),
             "replay_mix": per_task_means(cs, "replay_mix"),
             "teacher_samples": teacher_samples(cs),
+            "teacher_samples_seeds": [c["seed"] for c in cs if teacher_samples([c])],
             "answer_forms": [c.get("answer_forms") or {} for c in cs],
             "replay_forms": [c.get("replay_forms") or {} for c in cs],
         })
@@ -190,13 +191,15 @@ def teacher_samples_markdown(rows: Sequence[Dict[str, object]]) -> List[str]:
         return []
     tasks = rs[0]["tasks"]
     out = ["The teachers' own pseudo-samples, written after the generation token with the run's LM sampling "
-           "(each cell: parsed / imitating the teacher's task by their question / generated, means over seeds):",
+           "(each cell: parsed / imitating the teacher's task by their question, parsed or not / generated, means "
+           "over the seeds that recorded them):",
            "", "| method | seeds | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 2) + "|"]
     for r in rs:
         own = r["teacher_samples"]
         cells = [f"{own[t]['parsed']:.3g} / {own[t]['own_task']:.3g} / {own[t]['generated']:.3g}" if t in own else "-"
                  for t in tasks]
-        out.append(f"| {r['method']} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
+        seeds = ", ".join(map(str, r.get("teacher_samples_seeds") or r["seeds"]))
+        out.append(f"| {r['method']} | {seeds} | " + " | ".join(cells) + " |")
     return out + [""]
 
 
