@@ -254,7 +254,8 @@ def markdown(rows: Sequence[Dict[str, object]]) -> str:
             out.append(f"| {r['method']} | {len(r['seeds'])} | " + " | ".join(finals) + f" | {_fmt(r['average'])} | "
                        f"{_fmt(r['backward_transfer'])} | {_fmt(r['forgetting'])} | {_fmt(r['just_learnt'])} | "
                        f"{_fmt(r['parse_rate'], pct=True)} | {teach} | {ent} | {_fmt(r['seconds'])} |")
-        out += ["", verdict(rows, order), ""] + stage_markdown(rs) + teacher_samples_markdown(rs) + answer_forms_markdown(rs)
+        out += ["", verdict(rows, order), ""] + stage_markdown(rs) + teacher_samples_markdown(rs)
+        out += answer_forms_markdown(rs)
     out.append("Final score per task after the last task, 0-100, mean ± std over seeds; avg = their mean; BWT = "
                "backward transfer; forget = forgetting; just learnt = mean score on each task right after learning "
                "it; parse rate = share of LAMOL's pseudo-samples that parsed (all tasks); teachers = mean teacher "
