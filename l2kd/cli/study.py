@@ -183,6 +183,9 @@ def run_replay_mix(rdir: str, cfg: TrainConfig, replay: Dict[str, Dict[str, int]
     return replay_mix(lambda t: task_dir(rdir, cfg.seq_train_type, t), cfg.tasks, cfg.data_dir)
 
 
+READ_BACK = ("replay_mix", "replay_forms", "answer_forms")  # the keys :func:`read_back` gives
+
+
 def read_back(rdir: str, cfg: TrainConfig, replay: Dict[str, Dict[str, int]]) -> Dict[str, object]:
     """What the study reads back from a finished run's folder: which earlier task its
     pseudo-samples imitate (``replay_mix``), how many of those answer off that task's form
@@ -195,8 +198,8 @@ def read_back(rdir: str, cfg: TrainConfig, replay: Dict[str, Dict[str, int]]) ->
 
 def with_read_back(cell: Dict[str, object], args: argparse.Namespace) -> Dict[str, object]:
     """``cell`` with what :func:`read_back` gives that it was recorded without (a record written
-    by an older l2kd); a cell whose run folder is gone is returned as it is."""
-    if not os.path.isdir(str(cell.get("run_dir", ""))):
+    by an older l2kd); a complete cell, or one whose run folder is gone, is returned as it is."""
+    if all(k in cell for k in READ_BACK) or not os.path.isdir(str(cell.get("run_dir", ""))):
         return cell
     cfg = method_config(cell["method"], cell["order"], cell["seed"], args)
     missing = {k: v for k, v in read_back(cell["run_dir"], cfg, cell.get("replay") or {}).items() if k not in cell}

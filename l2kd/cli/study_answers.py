@@ -19,9 +19,7 @@ import re
 from collections import Counter
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
-from l2kd.cli.study_replay import imitated, replayed
-from l2kd.data.squad import DataError, load_squad_file
-from l2kd.data.tasks import task_file
+from l2kd.cli.study_replay import imitated, replayed, training_examples
 from l2kd.layout import stages, task_dir
 from l2kd.tokenizer import ANS
 
@@ -115,11 +113,7 @@ def answer_forms(run_dir: str, seq_train_type: str, tasks: Sequence[str]) -> Dic
 def training_forms(data_dir: str, task: str) -> Set[str]:
     """The forms of ``task``'s training answers (:func:`reference_forms`); empty when the file
     cannot be read."""
-    try:
-        examples = load_squad_file(task_file(data_dir, task, "train"), task)
-    except (OSError, DataError):
-        return set()
-    return reference_forms([ex.answers or [""] for ex in examples])
+    return reference_forms([ex.answers or [""] for ex in training_examples(data_dir, task)])
 
 
 def replay_forms(rdir_task: Callable[[str], str], tasks: Sequence[str], data_dir: str

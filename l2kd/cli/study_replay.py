@@ -14,7 +14,7 @@ import os
 import re
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
-from l2kd.data.squad import DataError, load_squad_file
+from l2kd.data.squad import DataError, QAExample, load_squad_file
 from l2kd.data.tasks import task_file
 from l2kd.replay import read_lm_csv
 from l2kd.tokenizer import ANS
@@ -26,12 +26,17 @@ def _norm(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().lower()
 
 
+def training_examples(data_dir: str, task: str) -> List[QAExample]:
+    """``task``'s training examples; empty when its file cannot be read (a diagnostic goes without)."""
+    try:
+        return load_squad_file(task_file(data_dir, task, "train"), task)
+    except (OSError, DataError):
+        return []
+
+
 def training_questions(data_dir: str, task: str) -> Set[str]:
     """The distinct questions of ``task``'s training file (normalised); empty when it cannot be read."""
-    try:
-        return {_norm(ex.question) for ex in load_squad_file(task_file(data_dir, task, "train"), task)}
-    except (OSError, DataError):
-        return set()
+    return {_norm(ex.question) for ex in training_examples(data_dir, task)}
 
 
 def imitated(sample: str, questions: Dict[str, Set[str]]) -> Optional[str]:

@@ -198,7 +198,7 @@ def teacher_samples_markdown(rows: Sequence[Dict[str, object]]) -> List[str]:
         own = r["teacher_samples"]
         cells = [f"{own[t]['parsed']:.3g} / {own[t]['own_task']:.3g} / {own[t]['generated']:.3g}" if t in own else "-"
                  for t in tasks]
-        seeds = ", ".join(map(str, r.get("teacher_samples_seeds") or r["seeds"]))
+        seeds = ", ".join(map(str, r["teacher_samples_seeds"]))
         out.append(f"| {r['method']} | {seeds} | " + " | ".join(cells) + " |")
     return out + [""]
 
@@ -206,7 +206,7 @@ def teacher_samples_markdown(rows: Sequence[Dict[str, object]]) -> List[str]:
 def answer_forms_markdown(rows: Sequence[Dict[str, object]]) -> List[str]:
     """Lines of the table of off-form test answers per run and stage (empty when no run recorded
     them; :mod:`l2kd.cli.study_answers`)."""
-    rs = [r for r in rows if any(r.get("answer_forms") or [])]
+    rs = [r for r in rows if any(r["answer_forms"])]
     if not rs:
         return []
     tasks = rs[0]["tasks"]
@@ -219,8 +219,7 @@ def answer_forms_markdown(rows: Sequence[Dict[str, object]]) -> List[str]:
            "| method | seed | " + " | ".join(f"after {s}" for s in stages) + " | replayed off form |",
            "|---" * (len(stages) + 3) + "|"]
     for r in rs:
-        replay_forms = r.get("replay_forms") or [{}] * len(r["seeds"])
-        for seed, forms, replayed in zip(r["seeds"], r["answer_forms"], replay_forms):
+        for seed, forms, replayed in zip(r["seeds"], r["answer_forms"], r["replay_forms"]):
             if not forms:
                 continue
             cells = [" / ".join(str(forms[s][t]["off_form"]) if t in forms[s] else "-" for t in tasks)
